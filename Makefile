@@ -1,0 +1,54 @@
+# tidemark: `make test` installs everything the tests need and runs them; `make run` starts the collector.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian peers started by the tests themselves on loopback.
+TEST_PEERS := graphite-carbon graphite-web gunicorn etcd-server etcd-client
+# Extra peers only the benchmarks use.
+BENCH_PEERS := victoria-metrics
+PYTEST_ARGS ?=
+
+.PHONY: all venv peers bench-peers test lint typecheck run demo bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Installs missing Debian packages when run as root; otherwise says what the tests will skip.
+define install_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "not root: missing Debian packages$$missing (tests that need them are skipped)"; fi
+endef
+
+peers:
+	$(call install_debs,$(TEST_PEERS))
+
+bench-peers: peers
+	$(call install_debs,$(BENCH_PEERS))
+
+test: venv peers
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy tidemark collector
+
+run: venv
+	$(VENV)/bin/tidemark collector --data-dir ./data/collector --config ./collector/conf/sample.toml
+
+demo: run
+
+bench: venv bench-peers
+	$(PY) benchmarks/collector_ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The collector: a Graphite-compatible metrics daemon (ingest, durable storage, render API)."""

@@ -1,0 +1,42 @@
+"""Pieces every tidemark HTTP daemon shares: /healthz, /metrics, JSON errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["add_health_and_metrics", "bad_request"]
+
+
+def add_health_and_metrics(
+    app: web.Application, registry: CollectorRegistry, is_ready: Callable[[], bool]
+) -> None:
+    """Add ``GET /healthz`` (200 when ready, 503 before) and Prometheus ``GET /metrics``."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        if is_ready():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 whose JSON body names what was wrong."""
+    return web.HTTPBadRequest(
+        text=f'{{"error": {_json_string(message)}}}', content_type="application/json"
+    )
+
+
+def _json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
