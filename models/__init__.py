@@ -1,0 +1,10 @@
+"""Pure models: pandas/numpy in, results out. No sockets, no files, no configuration reading.
+
+Forecasters follow the scikit-learn estimator contract and return forecasts indexed by
+future timestamps; anomaly detectors follow the outlier-detector contract
+(``score_samples``, ``decision_function``, ``predict``).
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
