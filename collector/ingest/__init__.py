@@ -1,0 +1,1 @@
+"""Ingest: protocol parsers (pure), validation, and the asyncio listeners that feed the store."""
