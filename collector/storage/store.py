@@ -1,0 +1,342 @@
+"""MetricStore: the collector's durable storage (write-ahead log, cache, whisper writer).
+
+Lifecycle: ``await start()`` replays the log and starts the fsync task and the writer
+thread; :meth:`append` (event-loop thread) puts points in the cache at once and in the log
+within one fsync interval; ``await stop()`` syncs the log, drains the cache to whisper
+within ``drain_timeout_seconds`` and deletes the log segments that are fully written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import whisper
+
+from collector.config import CollectorConfig
+from collector.selfmetrics import CollectorMetrics
+from collector.series import FetchedSeries, MetricNode, Point
+from collector.storage.cache import MetricCache
+from collector.storage.globs import compile_segment, has_wildcard, match_path, split_pattern
+from collector.storage.schemas import StorageRules, load_rules
+from collector.storage.wal import WriteAheadLog, encode_record
+from collector.storage.whisper_files import (
+    WSP,
+    WhisperTree,
+    empty_fetch,
+    merge_with_cache,
+)
+from collector.storage.writer import WhisperWriter
+
+__all__ = ["MetricStore", "StoreClosed", "WAL_DIRNAME"]
+
+log = logging.getLogger(__name__)
+
+WAL_DIRNAME = ".wal"  # hidden: graphite-web and find skip dot entries; no metric maps here
+_RETENTION_MEMO_MAX = 200_000
+
+
+class StoreClosed(RuntimeError):
+    """append() on a store that is not running."""
+
+
+class MetricStore:
+    """Implements :class:`collector.series.SeriesSource` over whisper files plus the cache."""
+
+    def __init__(self, config: CollectorConfig, metrics: CollectorMetrics, *,
+                 clock: Callable[[], float] = time.time,
+                 drain_timeout_seconds: float = 60.0,
+                 rules: StorageRules | None = None) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._drain_timeout_seconds = drain_timeout_seconds
+        self._data_dir = Path(os.path.abspath(config.data_dir))
+        self.rules = rules if rules is not None else load_rules(config.schemas_dir)
+        self.tree = WhisperTree(self._data_dir)
+        self._cache = MetricCache()
+        self._wal = WriteAheadLog(self._data_dir / WAL_DIRNAME, config.wal_segment_bytes)
+        self._pending: list[Point] = []
+        self._epoch = 0  # the log segment the next flush writes to
+        self._pinned_epoch: int | None = None  # lowest epoch holding points whisper refused
+        self._retention_memo: dict[str, int] = {}
+        self._state = "new"
+        self._stop_event = asyncio.Event()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._writer: WhisperWriter | None = None
+        self._stopping: asyncio.Future[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create directories, replay the log, start the fsync task and the writer thread."""
+        if self._state != "new":
+            raise RuntimeError(f"MetricStore.start() called on a {self._state} store")
+        self._state = "starting"
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._epoch = await asyncio.to_thread(self._replay)
+        self._writer = WhisperWriter(
+            self._cache, self.tree, self.rules, self._metrics, clock=self._clock,
+            max_updates_per_second=self._config.writer_max_updates_per_second,
+            after_pass=self._after_pass, on_failure=self._pin)
+        self._writer.start()
+        self._flush_task = asyncio.create_task(self._flush_loop(), name="wal-fsync")
+        self._flush_task.add_done_callback(self._flush_task_done)
+        self._state = "running"
+
+    def _replay(self) -> int:
+        next_epoch = self._wal.open()
+        replayed = 0
+        now = self._clock()
+        with self._cache.lock:
+            for seg_id, points in self._wal.replay():
+                self._cache.add_locked(points, len(points), seg_id, now)
+                replayed += len(points)
+        if replayed:
+            self._metrics.wal_replayed_points.inc(replayed)
+            log.info("replayed the write-ahead log", extra={
+                "points": replayed, "segments": len(self._wal.segment_ids)})
+        self._update_gauges()
+        return next_epoch
+
+    def _flush_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("write-ahead log fsync task crashed; refusing new points",
+                      exc_info=task.exception())
+            self._state = "failed"
+
+    async def stop(self) -> None:
+        """Final fsync, drain the cache (bounded), delete written segments; idempotent."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop()
+        finally:
+            self._stopping.set_result(None)
+
+    async def _stop(self) -> None:
+        self._state = "stopping"
+        self._stop_event.set()
+        if self._flush_task is not None:
+            try:
+                await self._flush_task
+            except Exception:  # already logged by the done callback
+                pass
+        await self._flush()  # whatever arrived since the last group commit
+        writer = self._writer
+        if writer is not None:
+            writer.request_drain()
+            if not await asyncio.to_thread(writer.join, self._drain_timeout_seconds):
+                log.warning("cache not fully drained before the timeout; the rest stays in "
+                            "the write-ahead log", extra={"points": self._cache.size})
+                writer.abort()
+                await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(self._final_cleanup)
+        self._update_gauges()
+        self._state = "stopped"
+
+    def _final_cleanup(self) -> None:
+        self._wal.close()
+        self._delete_flushed(final=True)
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", "new") in ("running", "starting", "failed"):
+            warnings.warn(f"MetricStore on {self._data_dir} was never stopped",
+                          ResourceWarning, stacklevel=1)
+
+    # -- ingest ------------------------------------------------------------------------
+    def append(self, points: list[Point]) -> None:
+        """Accept validated points: readable at once, in the log within one fsync interval."""
+        if self._state != "running":
+            raise StoreClosed(f"MetricStore is {self._state}; points not accepted")
+        if not points:
+            return
+        now = self._clock()
+        cache = self._cache
+        with cache.lock:
+            self._pending.extend(points)
+            cache.add_locked(points, len(points), self._epoch, now)
+
+    @property
+    def cache_points(self) -> int:
+        """Points accepted but not yet written to whisper (listeners' backpressure signal)."""
+        return self._cache.size
+
+    async def flush(self) -> None:
+        """Group-commit what is pending now (the fsync task does this every interval)."""
+        await self._flush()
+
+    async def _flush_loop(self) -> None:
+        interval = self._config.wal_fsync_interval_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + interval
+        while not self._stop_event.is_set():
+            try:
+                await asyncio.wait_for(self._stop_event.wait(), max(0.0, deadline - loop.time()))
+                return
+            except TimeoutError:
+                pass
+            deadline = loop.time() + interval
+            await self._flush()
+            self._update_gauges()
+
+    async def _flush(self) -> None:
+        with self._cache.lock:
+            batch, self._pending = self._pending, []
+            epoch = self._epoch
+        if not batch:
+            return
+        size = await asyncio.to_thread(self._write_batch, epoch, batch)
+        if size >= self._wal.segment_bytes:
+            with self._cache.lock:
+                self._epoch = epoch + 1
+        if self._writer is not None:
+            self._writer.wake()
+
+    def _write_batch(self, epoch: int, batch: list[Point]) -> int:
+        size, fsync_seconds = self._wal.write(epoch, encode_record(batch))
+        self._metrics.wal_fsync_seconds.observe(fsync_seconds)
+        return size
+
+    # -- writer hooks (writer thread) --------------------------------------------------
+    def _pin(self, epoch: int) -> None:
+        with self._cache.lock:
+            if self._pinned_epoch is None or epoch < self._pinned_epoch:
+                self._pinned_epoch = epoch
+
+    def _after_pass(self) -> None:
+        self._delete_flushed(final=False)
+        self._update_gauges()
+
+    def _delete_flushed(self, *, final: bool) -> None:
+        oldest_epoch, _ = self._cache.oldest()
+        with self._cache.lock:
+            bounds = [b for b in (oldest_epoch, self._pinned_epoch) if b is not None]
+            if not final:
+                bounds.append(self._epoch)
+            pending = bool(self._pending)
+        if final and pending:
+            return  # unreachable in practice: stop flushed everything
+        bound = min(bounds) if bounds else 1 << 62
+        self._wal.delete_below(bound, self._data_dir)
+
+    def _update_gauges(self) -> None:
+        m = self._metrics
+        m.cache_points.set(self._cache.size)
+        m.cache_metrics.set(self._cache.metric_count)
+        m.wal_bytes.set(self._wal.total_bytes)
+        _, arrival = self._cache.oldest()
+        m.flush_lag_seconds.set(max(0.0, self._clock() - arrival) if arrival is not None else 0.0)
+
+    # -- reads (worker threads) --------------------------------------------------------
+    def max_retention_seconds(self, path: str) -> int:
+        """Longest retention of the schema matching ``path`` (what its file would keep)."""
+        value = self._retention_memo.get(path)
+        if value is None:
+            value = self.rules.schema_for(path).max_retention_seconds
+            if len(self._retention_memo) >= _RETENTION_MEMO_MAX:
+                self._retention_memo.clear()
+            self._retention_memo[path] = value
+        return value
+
+    def fetch(self, path: str, start: int, end: int,
+              now: int | None = None) -> FetchedSeries | None:
+        """Values of ``path`` in [start, end) from whisper merged with cached points."""
+        start, end = int(start), int(end)
+        if start > end:
+            raise ValueError(f"fetch of {path!r}: start {start} is after end {end}")
+        file_path = self.tree.file_path(path)  # ValueError for unsafe paths
+        if now is None:
+            now = int(self._clock())
+        cached = self._cache.snapshot(path)  # before the disk read: no gap with the writer
+        if os.path.isfile(file_path):
+            try:
+                info = whisper.info(file_path)
+                data = whisper.fetch(file_path, start, end, now=now)
+            except (OSError, whisper.WhisperException) as exc:
+                log.warning("cannot read whisper file", extra={
+                    "file": file_path, "error": str(exc)})
+                return None
+            if data is None:
+                return None
+            (from_t, until_t, step), values = data
+            method = str(info["aggregationMethod"])
+            xff = float(info["xFilesFactor"])
+            raw_step = int(info["archives"][0]["secondsPerPoint"])
+        elif cached:
+            schema = self.rules.schema_for(path)
+            rule = self.rules.aggregation_for(path)
+            empty = empty_fetch(schema, start, end, now)
+            if empty is None:
+                return None
+            (from_t, until_t, step), values = empty
+            method = rule.aggregation_method or "average"
+            xff = rule.x_files_factor if rule.x_files_factor is not None else 0.5
+            raw_step = schema.retentions[0].seconds_per_point
+        else:
+            return None
+        if cached:
+            values = merge_with_cache(cached, from_t, step, list(values), method, raw_step)
+        return FetchedSeries(path, from_t, until_t, step, list(values), method, xff)
+
+    def find(self, pattern: str) -> list[MetricNode]:
+        """Branches and leaves matching a Graphite glob, on disk and in the cache; sorted."""
+        parts = split_pattern(pattern)  # ValueError for unsafe patterns
+        found: set[tuple[str, bool]] = set()
+        self._find_on_disk(self.tree.root, parts, 0, "", found)
+        depth = len(parts)
+        for name in self._cache.names():
+            kind = match_path(parts, name)
+            if kind is not None:
+                found.add((".".join(name.split(".")[:depth]) if not kind else name, kind))
+        return [MetricNode(p, leaf) for p, leaf in sorted(found, key=lambda n: (n[0], n[1]))]
+
+    def _find_on_disk(self, directory: Path | str, parts: list[str], index: int, prefix: str,
+                      found: set[tuple[str, bool]]) -> None:
+        part = parts[index]
+        last = index == len(parts) - 1
+        base = str(directory)
+        if has_wildcard(part):
+            regex = compile_segment(part)
+            try:
+                entries = list(os.scandir(base))
+            except OSError:
+                return
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    continue
+                if is_dir:
+                    if "." in name or regex.fullmatch(name) is None:
+                        continue
+                    if last:
+                        found.add((prefix + name, False))
+                    else:
+                        self._find_on_disk(entry.path, parts, index + 1, prefix + name + ".",
+                                           found)
+                elif last and name.endswith(WSP):
+                    stem = name[: -len(WSP)]
+                    if stem and "." not in stem and regex.fullmatch(stem) is not None:
+                        found.add((prefix + stem, True))
+            return
+        target = self.tree.dir_path([*prefix.split(".")[:-1], part] if prefix else [part])
+        if os.path.isdir(target):
+            if last:
+                found.add((prefix + part, False))
+            else:
+                self._find_on_disk(target, parts, index + 1, prefix + part + ".", found)
+        if last and os.path.isfile(target + WSP):
+            found.add((prefix + part, True))

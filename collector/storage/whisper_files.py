@@ -1,0 +1,168 @@
+"""Whisper files under a data directory: safe path mapping, sparse atomic creation,
+batched writes, and reads merged with cached points as graphite-web does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import whisper
+
+from collector.storage.schemas import AggregationRule, StorageSchema
+
+__all__ = [
+    "WhisperTree", "PathEscapeError", "merge_with_cache", "empty_fetch", "consolidate",
+]
+
+WSP = ".wsp"
+
+
+class PathEscapeError(ValueError):
+    """A metric path or pattern that would name a file outside the data directory."""
+
+
+def check_metric_path(path: str) -> list[str]:
+    """Segments of a metric path; ValueError when it is not a safe dotted name."""
+    if not isinstance(path, str):
+        raise TypeError(f"metric path must be a str, not {type(path).__name__}")
+    if not path:
+        raise ValueError("metric path is empty")
+    parts = path.split(".")
+    for part in parts:
+        if not part:
+            raise ValueError(f"metric path {path!r} has an empty segment")
+        if "/" in part or "\\" in part or "\x00" in part or not part.isprintable():
+            raise ValueError(f"metric path {path!r} has a forbidden character")
+    return parts
+
+
+class WhisperTree:
+    """The mapping ``a.b.c`` -> ``root/a/b/c.wsp`` and every file operation on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+        self._root_str = str(self.root)
+        self._real_root = os.path.realpath(self._root_str)
+
+    def _inside(self, candidate: str, real_root: str) -> bool:
+        return candidate == real_root or candidate.startswith(real_root + os.sep)
+
+    def file_path(self, path: str) -> str:
+        """Absolute .wsp path of a metric; PathEscapeError if it is not inside the root."""
+        parts = check_metric_path(path)
+        candidate = os.path.normpath(os.path.join(self._root_str, *parts) + WSP)
+        if not self._inside(candidate, self._root_str):
+            raise PathEscapeError(f"metric path {path!r} names a file outside the data directory")
+        return candidate
+
+    def dir_path(self, parts: Sequence[str]) -> str:
+        """Absolute directory for pattern/metric segments (already literal, checked)."""
+        candidate = os.path.normpath(os.path.join(self._root_str, *parts))
+        if not self._inside(candidate, self._root_str):
+            raise PathEscapeError(
+                f"{'.'.join(parts)!r} names a directory outside the data directory")
+        return candidate
+
+    def exists(self, path: str) -> bool:
+        return os.path.isfile(self.file_path(path))
+
+    def create(self, path: str, schema: StorageSchema, aggregation: AggregationRule) -> str:
+        """Create the metric's file sparse, atomically (temp file + rename); returns its path.
+
+        A kill at any moment leaves either no file or a complete header: never a torn one.
+        """
+        target = self.file_path(path)
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        # Defence in depth: a symlinked directory must not carry a new file out of the tree.
+        if not self._inside(os.path.realpath(parent), self._real_root):
+            raise PathEscapeError(f"metric path {path!r} resolves outside the data directory")
+        tmp = os.path.join(parent, "." + os.path.basename(target) + ".tmp")
+        try:
+            os.unlink(tmp)  # left by a crash during an earlier creation
+        except FileNotFoundError:
+            pass
+        whisper.create(tmp, schema.archive_list(), aggregation.x_files_factor,
+                       aggregation.aggregation_method, sparse=True)
+        os.rename(tmp, target)
+        return target
+
+    def write(self, file_path: str, points: Iterable[tuple[int, float]], now: int) -> int:
+        """Write points (last value wins per timestamp); returns how many were given."""
+        latest = dict(points)
+        whisper.update_many(file_path, list(latest.items()), now=now)
+        return len(latest)
+
+
+def consolidate(func: str, values: list[float | None]) -> float | None:
+    """graphite-web's consolidation of several cached values into one step."""
+    usable = [v for v in values if v is not None]
+    if not usable:
+        return None
+    if func == "avg_zero":
+        return sum(0.0 if v is None else v for v in values) / len(values)
+    if func == "sum":
+        return sum(usable)
+    if func == "average":
+        return sum(usable) / len(usable)
+    if func == "max":
+        return max(usable)
+    if func == "min":
+        return min(usable)
+    if func == "last":
+        return usable[-1]
+    if func == "absmax":
+        return max(usable, key=abs)
+    if func == "absmin":
+        return min(usable, key=abs)
+    raise ValueError(f"invalid consolidation function {func!r}")
+
+
+def merge_with_cache(cached: Sequence[tuple[int, float]], start: int, step: int,
+                     values: list[float | None], func: str | None = None,
+                     raw_step: int | None = None) -> list[float | None]:
+    """Overlay cached points on fetched values, as graphite-web's ``merge_with_cache``."""
+    points: list[tuple[int, float | None]] = list(cached)
+    if raw_step is not None and raw_step > 1:
+        last: dict[int, float | None] = {}
+        for ts, value in points:
+            last[ts - ts % raw_step] = value
+        points = list(last.items())
+    if func and step != raw_step:
+        groups: dict[int, list[float | None]] = {}
+        for ts, value in points:
+            groups.setdefault(ts - ts % step, []).append(value)
+        points = [(ts, consolidate(func, vals)) for ts, vals in groups.items()]
+    n = len(values)
+    for ts, value in points:
+        i = (ts - start) // step
+        if 0 <= i < n:
+            values[i] = value
+    return values
+
+
+def empty_fetch(schema: StorageSchema, start: int, end: int,
+                now: int) -> tuple[tuple[int, int, int], list[float | None]] | None:
+    """What ``whisper.fetch`` returns for a file of ``schema`` with no points yet."""
+    if start > end:
+        raise ValueError(f"start {start} is after end {end}")
+    oldest = now - schema.max_retention_seconds
+    if start > now or end < oldest:
+        return None
+    start = max(start, oldest)
+    end = min(end, now)
+    diff = now - start
+    archive = schema.retentions[-1]
+    for candidate in schema.retentions:
+        if candidate.seconds >= diff:
+            archive = candidate
+            break
+    step = archive.seconds_per_point
+    from_interval = start - start % step + step
+    until_interval = end - end % step + step
+    if from_interval == until_interval:
+        until_interval += step
+    count = (until_interval - from_interval) // step
+    return (from_interval, until_interval, step), [None] * count

@@ -1,0 +1,120 @@
+"""The background thread that drains the cache into whisper files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from collector.selfmetrics import CollectorMetrics
+from collector.storage.cache import MetricCache
+from collector.storage.schemas import StorageRules
+from collector.storage.whisper_files import WhisperTree
+from tidemark.logs import RateLimitedLog
+
+__all__ = ["WhisperWriter"]
+
+log = logging.getLogger(__name__)
+
+class WhisperWriter:
+    """Writes every cached metric with ``update_many``, largest backlog first, in passes.
+
+    ``after_pass`` runs on the thread after every pass (the store deletes flushed log
+    segments there); ``on_failure(epoch)`` is told the log epoch of points that could not
+    be written, which must then stay in the log.
+    """
+
+    def __init__(self, cache: MetricCache, tree: WhisperTree, rules: StorageRules,
+                 metrics: CollectorMetrics, *, clock: Callable[[], float],
+                 max_updates_per_second: float, after_pass: Callable[[], None],
+                 on_failure: Callable[[int], None], idle_seconds: float = 0.05) -> None:
+        self._cache = cache
+        self._tree = tree
+        self._rules = rules
+        self._metrics = metrics
+        self._clock = clock
+        self._min_interval = 1.0 / max_updates_per_second if max_updates_per_second > 0 else 0.0
+        self._after_pass = after_pass
+        self._on_failure = on_failure
+        self._idle_seconds = idle_seconds
+        self._wake = threading.Event()
+        self._draining = threading.Event()  # stop requested: write all, no rate limit, exit
+        self._abort = threading.Event()  # give up now; what is left stays in the log
+        self._errors = RateLimitedLog(log, per_seconds=10.0)
+        self._thread = threading.Thread(target=self._run, name="whisper-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_drain(self) -> None:
+        """Write everything cached, then exit."""
+        self._draining.set()
+        self._wake.set()
+
+    def abort(self) -> None:
+        """Exit after the current file."""
+        self._abort.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True if it has exited."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._abort.is_set():
+            try:
+                wrote = self._one_pass()
+                self._after_pass()
+            except Exception:  # keep writing; the log still holds every point
+                log.exception("whisper writer pass failed")
+                time.sleep(0.1)
+                continue
+            if not wrote:
+                if self._draining.is_set():
+                    return
+                self._wake.wait(self._idle_seconds)
+                self._wake.clear()
+
+    def _one_pass(self) -> bool:
+        names = self._cache.drain_order()
+        next_at = time.monotonic()
+        for name in names:
+            if self._abort.is_set():
+                break
+            if self._min_interval and not self._draining.is_set():
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                next_at = max(next_at, time.monotonic()) + self._min_interval
+            self.write_metric(name)
+        return bool(names)
+
+    def write_metric(self, name: str) -> None:
+        """Write one metric's cached points to its file, creating it first if needed."""
+        taken = self._cache.take(name)
+        if taken is None:
+            return
+        points, epoch = taken
+        try:
+            file_path = self._tree.file_path(name)
+            if not os.path.isfile(file_path):
+                self._tree.create(name, self._rules.schema_for(name),
+                                  self._rules.aggregation_for(name))
+                self._metrics.files_created.inc()
+            written = self._tree.write(file_path, points, now=int(self._clock()))
+            self._metrics.points_written.inc(written)
+            self._metrics.whisper_updates.inc()
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the points in the log
+            self._metrics.write_errors.inc()
+            self._on_failure(epoch)
+            self._errors.warning(f"write:{type(exc).__name__}", "whisper write failed; "
+                                 "points kept in the write-ahead log", metric=name,
+                                 error=str(exc))
+        finally:
+            self._cache.done(name)
