@@ -26,7 +26,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--udp-port", type=int,
                         help="Graphite plaintext and statsd-style UDP (2003; 0 off)")
     parser.add_argument("--pickle-port", type=int, help="carbon pickle TCP (2004; 0 off)")
-    parser.add_argument("--http-port", type=int, 
+    parser.add_argument("--http-port", type=int,
                         help="render API, /healthz, /metrics (8080; 0 off)")
     parser.add_argument("--config", type=Path,
                         help="TOML file ([collector] table); storage-schemas.conf and "
