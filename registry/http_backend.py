@@ -1,0 +1,150 @@
+"""Client of the embedded registry (``http://HOST:PORT``), over aiohttp with long-poll watches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from registry.client import BaseClient
+from registry.errors import NotFound, RegistryError, RegistryUnavailable, Unauthorized
+from registry.model import Command, Node, Snapshot, check_name
+
+__all__ = ["HttpRegistryClient"]
+
+
+class HttpRegistryClient(BaseClient):
+    """Talks to ``tidemark registry``; writes carry ``Authorization: Bearer TOKEN``."""
+
+    def __init__(self, url: str, *, token: str | None = None,
+                 cache_dir: Path | str | None = None, metrics: CollectorRegistry | None = None,
+                 wait_seconds: float = 30.0, request_timeout_seconds: float = 5.0) -> None:
+        super().__init__(cache_dir=cache_dir, metrics=metrics)
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"registry URL {url!r} must be http://HOST:PORT")
+        self._base = f"http://{parts.netloc}"
+        self._token = token
+        self._wait = wait_seconds
+        self._timeout = request_timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP session (also done lazily on first use)."""
+        self._get_session()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True))
+        return self._session
+
+    async def stop(self) -> None:
+        """Deregister, close watches, close the session; safe to call twice."""
+        await super().stop()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _request(self, method: str, path: str, *, body: Any = None,
+                       params: Mapping[str, str] | None = None,
+                       timeout_seconds: float | None = None) -> Any:
+        headers = {}
+        if method != "GET" and self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds or self._timeout)
+        try:
+            async with self._get_session().request(
+                    method, self._base + path, params=params, headers=headers,
+                    data=None if body is None else json.dumps(body),
+                    timeout=timeout) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {"error": text[:200]}
+        if status < 300:
+            return data
+        message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
+        if status == 400:
+            raise ValueError(message)
+        if status == 401:
+            raise Unauthorized(message)
+        if status == 404:
+            raise NotFound(message)
+        if status == 413:
+            raise ValueError(f"body: too large ({message})")
+        if status >= 500:
+            raise RegistryUnavailable(f"{self._base}: HTTP {status}: {message}")
+        raise RegistryError(f"{self._base}: HTTP {status}: {message}")
+
+    @staticmethod
+    def _svc(service: str) -> str:
+        return "/v1/services/" + quote(check_name(service, "service"), safe="")
+
+    async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:
+        await self._request("PUT", f"{self._svc(service)}/nodes/{quote(node.id, safe='')}",
+                            body={"node": node.to_dict(), "ttl_seconds": ttl_seconds})
+        return None
+
+    async def _heartbeat(self, service: str, node: Node, handle: Any) -> None:
+        await self._request("PUT",
+                            f"{self._svc(service)}/nodes/{quote(node.id, safe='')}/heartbeat")
+
+    async def _deregister_handle(self, service: str, node_id: str, handle: Any) -> None:
+        await self._request("DELETE", f"{self._svc(service)}/nodes/{quote(node_id, safe='')}")
+
+    async def _fetch_snapshot(self, service: str) -> Snapshot:
+        return Snapshot.from_dict(await self._request("GET", self._svc(service)))
+
+    async def services(self) -> list[str]:
+        """Every service with nodes or configuration."""
+        data = await self._request("GET", "/v1/services")
+        return list(data["services"])
+
+    async def history(self, service: str) -> list[Command]:
+        """Recent commands of ``service``, oldest first."""
+        data = await self._request("GET", f"{self._svc(service)}/history")
+        return [Command.from_dict(c) for c in data["commands"]]
+
+    async def command(self, service: str, kind: str, args: Mapping[str, Any], *,
+                      who: str, why: str = "") -> Command:
+        """Send an operator command; the server validates and applies it atomically."""
+        data = await self._request("POST", f"{self._svc(service)}/commands",
+                                   body={"kind": kind, "args": dict(args), "who": who,
+                                         "why": why})
+        return Command.from_dict(data)
+
+    async def _stream(self, *, service: str | None, prefix: str | None
+                      ) -> AsyncIterator[Snapshot]:
+        index = 0
+        wait = "0s"
+        timeout = self._wait + self._timeout
+        while True:
+            if service is not None:
+                data = await self._request("GET", self._svc(service),
+                                           params={"index": str(index), "wait": wait},
+                                           timeout_seconds=timeout)
+                snapshot = Snapshot.from_dict(data)
+                if snapshot.revision > index or wait == "0s":
+                    yield snapshot
+                index = max(index, snapshot.revision)
+            else:
+                data = await self._request("GET", "/v1/watch",
+                                           params={"prefix": prefix or "", "index": str(index),
+                                                   "wait": wait},
+                                           timeout_seconds=timeout)
+                for item in data["snapshots"]:
+                    yield Snapshot.from_dict(item)
+                index = max(index, int(data["revision"]))
+            wait = f"{self._wait:g}s"
+            await asyncio.sleep(0)

@@ -1,0 +1,156 @@
+"""The embedded registry daemon: aiohttp app, SQLite store, node expiry, long-poll wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from registry.server.store import RegistryStore
+from registry.server.views import SERVER_KEY, add_routes
+from tidemark.httpkit import add_health_and_metrics
+
+__all__ = ["RegistryServerConfig", "RegistryServer"]
+
+log = logging.getLogger("registry.server")
+
+
+@dataclass(frozen=True)
+class RegistryServerConfig:
+    """Settings of ``tidemark registry`` (file section ``[registry]``, env ``TIDEMARK_REGISTRY_``)."""
+
+    data_dir: Path = Path("./data/registry")
+    host: str = "127.0.0.1"
+    http_port: int = 8500
+    token_file: Path | None = None
+    max_wait_seconds: float = 60.0
+    max_body_bytes: int = 65536
+    expiry_interval_seconds: float = 0.2
+    shutdown_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.http_port < 65536:
+            raise ValueError(f"http_port: {self.http_port} is not a port")
+        if self.max_wait_seconds <= 0 or self.expiry_interval_seconds <= 0:
+            raise ValueError("max_wait_seconds and expiry_interval_seconds must be positive")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise ValueError("max_body_bytes: must be between 1KiB and 16MiB")
+
+
+class RegistryServer:
+    """The registry as a service: ``await start()``, ``await stop()`` (idempotent)."""
+
+    def __init__(self, config: RegistryServerConfig, *, token: str | None = None,
+                 metrics: CollectorRegistry | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.token = token
+        self.metrics = metrics or CollectorRegistry()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = RegistryStore(config.data_dir / "registry.sqlite3",
+                                   **({"clock": clock} if clock else {}))
+        self.store.on_change = self._notify
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._runner: web.AppRunner | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._ready = False
+        self.port: int | None = None
+        self._writes = Counter("tidemark_registry_writes", "Accepted writes by operation",
+                               ["op"], registry=self.metrics)
+        self._expired = Counter("tidemark_registry_nodes_expired",
+                                "Nodes removed because their TTL passed", registry=self.metrics)
+        self._waiters = Gauge("tidemark_registry_long_polls", "Long-poll requests waiting",
+                              registry=self.metrics)
+        revision = Gauge("tidemark_registry_revision", "Current global revision",
+                         registry=self.metrics)
+        revision.set_function(lambda: self.store.revision)
+
+    def count_write(self, op: str) -> None:
+        """Count an accepted write."""
+        self._writes.labels(op).inc()
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_for(self, done: Callable[[], bool], wait_seconds: float) -> None:
+        """Return when ``done()`` holds, ``wait_seconds`` pass, or the server stops."""
+        if done() or wait_seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        self._waiters.inc()
+        try:
+            while not done() and not self._stopping:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return
+        finally:
+            self._waiters.dec()
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application (also used directly by tests)."""
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app[SERVER_KEY] = self
+        add_routes(app)
+        add_health_and_metrics(app, self.metrics, lambda: self._ready)
+        return app
+
+    async def start(self) -> None:
+        """Open the store, start expiry and listen."""
+        self.store.open()
+        self._stopping = False
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
+        self._expiry_task.add_done_callback(self._expiry_done)
+        self._runner = web.AppRunner(self.build_app(), access_log=None,
+                                     shutdown_timeout=self.config.shutdown_timeout_seconds)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port,
+                           reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self.config.http_port
+        self._ready = True
+        log.info("registry listening", extra={"host": self.config.host, "port": self.port,
+                                              "revision": self.store.revision,
+                                              "auth": self.token is not None})
+
+    def _expiry_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node expiry stopped", exc_info=task.exception())
+            self._ready = False
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_interval_seconds)
+            removed = self.store.expire()
+            if removed:
+                self._expired.inc(removed)
+                log.info("nodes expired", extra={"count": removed})
+
+    async def stop(self) -> None:
+        """Wake long-polls, stop listening, stop expiry, close the store; safe twice."""
+        self._ready = False
+        self._stopping = True
+        self._notify()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        task, self._expiry_task = self._expiry_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.store.close()
