@@ -59,21 +59,36 @@ class Intake:
     def plaintext_lines(self, lines: list[bytes], protocol: str, peer: str = "") -> None:
         """Validate and store ``path value timestamp`` lines (empty lines are ignored)."""
         now = self._clock()
+        newest = now + self._max_future
+        known_paths = self._known
         good: list[Point] = []
+        append = good.append
         received = 0
         for line in lines:
             parts = line.split()
-            if not parts:
-                continue
-            received += 1
-            if len(parts) != 3:
+            if len(parts) == 3:
+                received += 1
+                raw_path, raw_value, raw_timestamp = parts
+                known = known_paths.get(raw_path)
+                # Fast path: a known path, a finite value and an integer timestamp in range.
+                if known is not None:
+                    try:
+                        value = float(raw_value)
+                        timestamp = int(raw_timestamp)
+                    except ValueError:
+                        pass
+                    else:
+                        if value - value == 0.0 and now - known[1] < timestamp <= newest:
+                            append((known[0], timestamp, value))
+                            continue
+                point = self._check(raw_path, raw_value, raw_timestamp, now, line, peer)
+                if point is not None:
+                    append(point)
+            elif parts:
+                received += 1
                 reason = "missing_timestamp" if len(parts) == 2 else "field_count"
                 self._reject(reason, f"expected 'path value timestamp', got {len(parts)} "
                              f"fields", line, peer)
-                continue
-            point = self._check(parts[0], parts[1], parts[2], now, line, peer)
-            if point is not None:
-                good.append(point)
         self._finish(good, received, protocol)
 
     def datapoints(self, items: Iterable[Any], protocol: str, peer: str = "") -> None:
