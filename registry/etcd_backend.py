@@ -1,0 +1,306 @@
+"""etcd v3 backend (``etcd://HOST:PORT[,HOST:PORT...]``) through aetcd.
+
+Key layout under the root (default ``/tidemark/registry/``)::
+
+    services/<service>/nodes/<node-id>   node record (JSON, with "ttl_seconds"), on a lease
+    services/<service>/config            {"flat": {flat_key: value}}   (see registry.commands)
+    services/<service>/history           [command, ...]                (last 100)
+
+A node's key lives on its own lease (TTL = the node's TTL), kept alive by heartbeats, so a
+node whose process dies vanishes when the lease runs out. A command rewrites ``config`` and
+``history`` in one transaction guarded by both keys' mod revisions; a lost race is retried.
+A watch reads the service prefix at one revision, then watches from the next revision and
+applies events; all events of a transaction share one revision and arrive in one watch
+response, so snapshots are never torn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+from prometheus_client import CollectorRegistry
+
+from registry.client import BaseClient
+from registry.commands import apply_command, flat_to_config
+from registry.errors import Conflict, NotFound, RegistryUnavailable
+from registry.model import Command, Node, Snapshot, check_name
+
+__all__ = ["EtcdRegistryClient", "parse_etcd_url", "DEFAULT_ROOT"]
+
+log = logging.getLogger("registry.etcd")
+
+DEFAULT_ROOT = "/tidemark/registry/"
+_MAX_CAS_ATTEMPTS = 50
+
+
+def parse_etcd_url(url: str) -> list[tuple[str, int]]:
+    """``etcd://h1:p1,h2:p2`` -> ``[("h1", p1), ("h2", p2)]``."""
+    if not url.startswith("etcd://"):
+        raise ValueError(f"registry URL {url!r} must start with etcd://")
+    endpoints = []
+    for part in url[len("etcd://"):].rstrip("/").split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"registry URL {url!r}: endpoint {part!r} must be HOST:PORT")
+        endpoints.append((host, int(port)))
+    return endpoints
+
+
+@dataclass
+class _ServiceState:
+    nodes: dict[str, Node] = field(default_factory=dict)
+    flat: dict[str, Any] = field(default_factory=dict)
+    config_revision: int = 0
+
+    def snapshot(self, service: str, revision: int) -> Snapshot:
+        return Snapshot(service=service,
+                        nodes=tuple(sorted(self.nodes.values(), key=lambda n: n.id)),
+                        config=flat_to_config(self.flat, self.config_revision),
+                        revision=revision)
+
+
+class EtcdRegistryClient(BaseClient):
+    """The registry on etcd v3: leases for TTLs, transactions for commands, watches."""
+
+    def __init__(self, url: str, *, root: str = DEFAULT_ROOT,
+                 cache_dir: Path | str | None = None, metrics: CollectorRegistry | None = None,
+                 timeout_seconds: float = 5.0) -> None:
+        super().__init__(cache_dir=cache_dir, metrics=metrics)
+        self._endpoints = parse_etcd_url(url)
+        if not root.startswith("/") or not root.endswith("/"):
+            raise ValueError("root: must start and end with '/'")
+        self._root = root
+        self._timeout = timeout_seconds
+        self._index = 0
+        self._client: aetcd.Client | None = None
+        self._lock = asyncio.Lock()
+
+    # --- connection ----------------------------------------------------------------------
+    async def _etcd(self) -> aetcd.Client:
+        async with self._lock:
+            if self._client is None:
+                host, port = self._endpoints[self._index % len(self._endpoints)]
+                client = aetcd.Client(host=host, port=port, timeout=math.ceil(self._timeout))
+                try:
+                    await client.connect()
+                except Exception as exc:  # noqa: BLE001
+                    await client.close()
+                    self._index += 1
+                    raise RegistryUnavailable(f"etcd {host}:{port}: {exc}") from exc
+                self._client = client
+            return self._client
+
+    async def _failed(self, client: aetcd.Client, exc: BaseException) -> RegistryUnavailable:
+        """Drop a client that failed; the next call tries the next endpoint."""
+        async with self._lock:
+            if self._client is client:
+                self._client = None
+                self._index += 1
+                try:
+                    await client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        return RegistryUnavailable(f"etcd: {type(exc).__name__}: {exc}")
+
+    async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        client = await self._etcd()
+        try:
+            return await getattr(client, op)(*args, **kwargs)
+        except aetcd.exceptions.InvalidArgumentError as exc:
+            raise ValueError(f"etcd rejected {op}: {exc}") from exc
+        except (aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise await self._failed(client, exc) from exc
+
+    async def start(self) -> None:
+        """Connect to the first endpoint that answers."""
+        await self._etcd()
+
+    async def stop(self) -> None:
+        """Revoke registrations, close watches and the connection; safe to call twice."""
+        await super().stop()
+        async with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    # --- keys ----------------------------------------------------------------------------
+    def _service_prefix(self, service: str) -> str:
+        return f"{self._root}services/{service}/"
+
+    def _parse_key(self, key: bytes) -> tuple[str, str] | None:
+        text = key.decode()
+        base = f"{self._root}services/"
+        if not text.startswith(base):
+            return None
+        service, _, rest = text[len(base):].partition("/")
+        return service, rest
+
+    @staticmethod
+    def _apply(state: _ServiceState, rest: str, value: bytes | None, mod_revision: int) -> None:
+        if rest.startswith("nodes/"):
+            node_id = rest[len("nodes/"):]
+            if value is None:
+                state.nodes.pop(node_id, None)
+            else:
+                record = json.loads(value)
+                record.pop("ttl_seconds", None)
+                state.nodes[node_id] = Node.from_dict(record)
+        elif rest == "config":
+            state.flat = json.loads(value)["flat"] if value is not None else {}
+            state.config_revision = mod_revision if value is not None else 0
+
+    # --- nodes ---------------------------------------------------------------------------
+    async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:
+        lease = await self._call("lease", max(2, math.ceil(ttl_seconds)))
+        key = f"{self._service_prefix(service)}nodes/{node.id}".encode()
+        value = json.dumps({**node.to_dict(), "ttl_seconds": ttl_seconds}).encode()
+        await self._call("put", key, value, lease=lease.id)
+        return lease.id
+
+    async def _heartbeat(self, service: str, node: Node, handle: Any) -> None:
+        reply = await self._call("refresh_lease", handle)
+        if reply is None or reply.TTL <= 0:
+            raise NotFound(f"lease of node {node.id!r} expired")
+
+    async def _deregister_handle(self, service: str, node_id: str, handle: Any) -> None:
+        if handle is not None:
+            try:
+                await self._call("revoke_lease", handle)
+                return
+            except ValueError:
+                pass  # lease already gone; delete the key below
+        deleted = await self._call("delete", f"{self._service_prefix(service)}nodes/{node_id}"
+                                   .encode())
+        if deleted is None and handle is None:
+            raise NotFound(f"node {node_id!r} is not registered in {service!r}")
+
+    # --- reads ---------------------------------------------------------------------------
+    async def _read(self, key_prefix: str) -> tuple[dict[str, _ServiceState], int]:
+        result = await self._call("get_prefix", key_prefix.encode())
+        revision = int(result.header.revision) if result.header is not None else 0
+        states: dict[str, _ServiceState] = {}
+        for kv in result:
+            parsed = self._parse_key(kv.key)
+            if parsed is None:
+                continue
+            service, rest = parsed
+            self._apply(states.setdefault(service, _ServiceState()), rest, kv.value,
+                        kv.mod_revision)
+        return states, revision
+
+    async def _fetch_snapshot(self, service: str) -> Snapshot:
+        states, revision = await self._read(self._service_prefix(service))
+        return states.get(service, _ServiceState()).snapshot(service, revision)
+
+    async def services(self) -> list[str]:
+        """Every service with nodes or configuration."""
+        states, _ = await self._read(f"{self._root}services/")
+        return sorted(states)
+
+    async def history(self, service: str) -> list[Command]:
+        """Recent commands of ``service``, oldest first."""
+        check_name(service, "service")
+        got = await self._call("get", f"{self._service_prefix(service)}history".encode())
+        return [Command.from_dict(c) for c in json.loads(got.value)] if got else []
+
+    # --- commands ------------------------------------------------------------------------
+    async def command(self, service: str, kind: str, args: Mapping[str, Any], *,
+                      who: str, why: str = "") -> Command:
+        """Validate and apply a command in one compare-and-swap transaction."""
+        check_name(service, "service")
+        if not isinstance(kind, str):
+            raise ValueError("kind: expected a string")
+        config_key = f"{self._service_prefix(service)}config".encode()
+        history_key = f"{self._service_prefix(service)}history".encode()
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            config = await self._call("get", config_key)
+            history = await self._call("get", history_key)
+            flat = json.loads(config.value)["flat"] if config else {}
+            commands = [Command.from_dict(c) for c in json.loads(history.value)] if history else []
+            new_flat, new_history, command = apply_command(
+                flat, commands, service=service, kind=kind, args=args, who=who, why=why,
+                now=time.time())
+            client = await self._etcd()
+            tx = client.transactions
+            ok, _ = await self._call(
+                "transaction",
+                compare=[tx.mod(config_key) == (config.mod_revision if config else 0),
+                         tx.mod(history_key) == (history.mod_revision if history else 0)],
+                success=[tx.put(config_key, json.dumps({"flat": new_flat}).encode()),
+                         tx.put(history_key,
+                                json.dumps([c.to_dict() for c in new_history]).encode())],
+                failure=[])
+            if ok:
+                return command
+            await asyncio.sleep(0)
+        raise Conflict(f"{service}: too many concurrent writers; try again")
+
+    # --- watch ---------------------------------------------------------------------------
+    async def _stream(self, *, service: str | None, prefix: str | None
+                      ) -> AsyncIterator[Snapshot]:
+        key_prefix = (self._service_prefix(service) if service is not None
+                      else f"{self._root}services/{prefix or ''}")
+        states, revision = await self._read(key_prefix)
+        if service is not None:
+            states.setdefault(service, _ServiceState())
+        for name in sorted(states):
+            yield states[name].snapshot(name, revision)
+        client = await self._etcd()
+        try:
+            watch = await client.watch_prefix(key_prefix.encode(), start_revision=revision + 1)
+        except Exception as exc:  # noqa: BLE001
+            raise await self._failed(client, exc) from exc
+        dirty: dict[str, int] = {}
+        failure: list[BaseException] = []
+        wake = asyncio.Event()
+
+        async def consume() -> None:
+            # Events of one watch response are queued together and read here without a
+            # suspension in between, so `dirty` is published only at response boundaries.
+            try:
+                async for event in watch:
+                    parsed = self._parse_key(event.kv.key)
+                    if parsed is None:
+                        continue
+                    name, rest = parsed
+                    value = event.kv.value if event.kind == "PUT" else None
+                    self._apply(states.setdefault(name, _ServiceState()), rest, value,
+                                event.kv.mod_revision)
+                    dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
+                    wake.set()
+                failure.append(RegistryUnavailable("etcd watch ended"))
+            except Exception as exc:  # noqa: BLE001
+                failure.append(exc)
+            wake.set()
+
+        task = asyncio.get_running_loop().create_task(consume())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                ready = [states[name].snapshot(name, rev) for name, rev in sorted(dirty.items())]
+                dirty.clear()
+                for snapshot in ready:
+                    yield snapshot
+                if failure and not dirty:
+                    raise await self._failed(client, failure[0])
+        finally:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            try:
+                await asyncio.wait_for(watch.cancel(), 1.0)
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
