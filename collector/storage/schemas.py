@@ -93,8 +93,8 @@ def parse_retentions(text: str) -> tuple[Retention, ...]:
     for item in text.split(","):
         try:
             seconds, points = whisper.parseRetentionDef(item.strip())
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"bad retention {item.strip()!r}: {exc}") from None
+        except (ValueError, KeyError, ZeroDivisionError) as exc:
+            raise ValueError(f"bad retention {item.strip()!r}: {exc or 'zero precision'}") from None
         out.append(Retention(int(seconds), int(points)))
     archives = [(r.seconds_per_point, r.points) for r in out]
     if any(s <= 0 or p <= 0 for s, p in archives):

@@ -166,6 +166,16 @@ class MetricStore:
             self._pending.extend(points)
             cache.add_locked(points, len(points), self._epoch, now)
 
+    def pause_writer(self) -> None:
+        """Hold whisper writes (points keep arriving in the log and cache); stop overrides."""
+        if self._writer is not None:
+            self._writer.pause()
+
+    def resume_writer(self) -> None:
+        """Undo :meth:`pause_writer`."""
+        if self._writer is not None:
+            self._writer.resume()
+
     @property
     def cache_points(self) -> int:
         """Points accepted but not yet written to whisper (listeners' backpressure signal)."""

@@ -42,6 +42,7 @@ class WhisperWriter:
         self._wake = threading.Event()
         self._draining = threading.Event()  # stop requested: write all, no rate limit, exit
         self._abort = threading.Event()  # give up now; what is left stays in the log
+        self._paused = threading.Event()  # hold writes (backups, tests); a drain overrides
         self._errors = RateLimitedLog(log, per_seconds=10.0)
         self._thread = threading.Thread(target=self._run, name="whisper-writer", daemon=True)
 
@@ -50,6 +51,17 @@ class WhisperWriter:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def pause(self) -> None:
+        """Hold whisper writes after the current file until :meth:`resume`."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._wake.set()
+
+    def _held(self) -> bool:
+        return self._paused.is_set() and not self._draining.is_set()
 
     def request_drain(self) -> None:
         """Write everything cached, then exit."""
@@ -68,6 +80,10 @@ class WhisperWriter:
 
     def _run(self) -> None:
         while not self._abort.is_set():
+            if self._held():
+                self._wake.wait(self._idle_seconds)
+                self._wake.clear()
+                continue
             try:
                 wrote = self._one_pass()
                 self._after_pass()
@@ -85,7 +101,7 @@ class WhisperWriter:
         names = self._cache.drain_order()
         next_at = time.monotonic()
         for name in names:
-            if self._abort.is_set():
+            if self._abort.is_set() or self._held():
                 break
             if self._min_interval and not self._draining.is_set():
                 delay = next_at - time.monotonic()
