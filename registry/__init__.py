@@ -4,7 +4,7 @@ Open a client with :func:`open_registry` (``http://HOST:PORT`` for the embedded 
 ``etcd://HOST:PORT[,HOST:PORT...]`` for etcd v3); see ``docs/registry.md``.
 """
 
-from registry.client import BaseClient, RegistryClient, Registration, Watch, open_registry
+from registry.client import BaseClient, Registration, RegistryClient, Watch, open_registry
 from registry.errors import Conflict, NotFound, RegistryError, RegistryUnavailable, Unauthorized
 from registry.failstatic import FailStaticCache
 from registry.model import Command, Degrade, Node, ServiceConfig, Snapshot

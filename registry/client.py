@@ -322,6 +322,12 @@ class BaseClient:
                       who: str, why: str = "") -> Command:
         raise NotImplementedError
 
+    async def services(self) -> list[str]:
+        raise NotImplementedError
+
+    async def history(self, service: str) -> list[Command]:
+        raise NotImplementedError
+
     # --- shared behaviour ----------------------------------------------------------------
     async def register(self, service: str, node: Node, ttl_seconds: float = 10.0
                        ) -> Registration:

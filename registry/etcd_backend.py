@@ -103,7 +103,7 @@ class EtcdRegistryClient(BaseClient):
     async def _failed(self, client: aetcd.Client, exc: BaseException) -> RegistryUnavailable:
         """Drop a client that failed; the next call tries the next endpoint."""
         async with self._lock:
-            if self._client is client:
+            if self._client is client and client is not None:
                 self._client = None
                 self._index += 1
                 try:
@@ -118,7 +118,7 @@ class EtcdRegistryClient(BaseClient):
             return await getattr(client, op)(*args, **kwargs)
         except aetcd.exceptions.InvalidArgumentError as exc:
             raise ValueError(f"etcd rejected {op}: {exc}") from exc
-        except (aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             raise await self._failed(client, exc) from exc
 
     async def start(self) -> None:

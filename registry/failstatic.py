@@ -51,8 +51,8 @@ class FailStaticCache:
 
     def save(self, snapshot: Snapshot) -> None:
         """Atomically replace the service's file with ``snapshot``; marks it live."""
-        data = {"saved_at": self._clock(), "snapshot": snapshot.to_dict()}
-        data["snapshot"]["from_cache"] = False
+        record = {**snapshot.to_dict(), "from_cache": False}
+        data = {"saved_at": self._clock(), "snapshot": record}
         path = self._path(snapshot.service)
         fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=".json")
         try:

@@ -146,8 +146,9 @@ class Node:
                                  "registered_at"}, "node")
         if "id" not in d or "address" not in d:
             raise ValueError(f"node: missing field {'id' if 'id' not in d else 'address'!r}")
-        return cls(**{k: (dict(v) if k == "labels" and isinstance(v, Mapping) else v)
-                      for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: (dict(v) if k == "labels" and isinstance(v, Mapping) else v)
+                                  for k, v in d.items()}
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)

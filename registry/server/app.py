@@ -22,7 +22,7 @@ log = logging.getLogger("registry.server")
 
 @dataclass(frozen=True)
 class RegistryServerConfig:
-    """Settings of ``tidemark registry`` (file section ``[registry]``, env ``TIDEMARK_REGISTRY_``)."""
+    """Settings of ``tidemark registry`` (TOML ``[registry]``, env ``TIDEMARK_REGISTRY_*``)."""
 
     data_dir: Path = Path("./data/registry")
     host: str = "127.0.0.1"

@@ -162,7 +162,8 @@ class RegistryStore:
             raise ValueError(f"node: more than {MAX_NODES_PER_SERVICE} nodes in {service}")
         state = _Service(flat=base.flat, history=base.history,
                          config_revision=base.config_revision, revision=base.revision,
-                         nodes={**base.nodes, node.id: node}, ttl={**base.ttl, node.id: ttl_seconds},
+                         nodes={**base.nodes, node.id: node},
+                         ttl={**base.ttl, node.id: ttl_seconds},
                          deadline={**base.deadline, node.id: self._clock() + ttl_seconds})
         if base.nodes.get(node.id) == node and base.ttl.get(node.id) == ttl_seconds:
             base.deadline[node.id] = state.deadline[node.id]  # nothing changed but liveness
