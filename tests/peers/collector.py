@@ -96,14 +96,24 @@ def tidemark_collector(
         process = PeerProcess(
             "tidemark collector",
             [
-                sys.executable, "-m", "tidemark", "collector",
-                "--data-dir", str(data_dir),
-                "--host", "127.0.0.1",
-                "--plaintext-port", str(line),
-                "--udp-port", "0",
-                "--pickle-port", "0",
-                "--http-port", str(http),
-                "--config", str(config),
+                sys.executable,
+                "-m",
+                "tidemark",
+                "collector",
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "--plaintext-port",
+                str(line),
+                "--udp-port",
+                "0",
+                "--pickle-port",
+                "0",
+                "--http-port",
+                str(http),
+                "--config",
+                str(config),
             ],
             log_path=root / "collector.log",
             cwd=root,
@@ -111,7 +121,7 @@ def tidemark_collector(
         process.start()
         try:
             process.wait_ready(
-                lambda: _healthy(http),
+                lambda http=http: _healthy(http),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"tidemark collector /healthz on port {http}",
             )
@@ -124,7 +134,9 @@ def tidemark_collector(
         finally:
             status = process.stop(timeout_seconds=60)
         if expect_clean_exit and status not in (0, None):
-            raise PeerFailed(f"tidemark collector exited {status} on SIGTERM:\n{process.log_tail()}")
+            raise PeerFailed(
+                f"tidemark collector exited {status} on SIGTERM:\n{process.log_tail()}"
+            )
         return
     raise PeerFailed(f"tidemark collector did not start in {START_ATTEMPTS} attempts: {last_error}")
 

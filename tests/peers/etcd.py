@@ -51,11 +51,29 @@ class EtcdPeer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         log = open(self._log, "ab")
         self.process = subprocess.Popen(
-            [self.binary, "--name", "tidemark-test", "--data-dir", str(self.data_dir / "data"),
-             "--listen-client-urls", client, "--advertise-client-urls", client,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"tidemark-test={peer}", "--log-level", "warn"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            [
+                self.binary,
+                "--name",
+                "tidemark-test",
+                "--data-dir",
+                str(self.data_dir / "data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"tidemark-test={peer}",
+                "--log-level",
+                "warn",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

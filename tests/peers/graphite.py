@@ -192,7 +192,7 @@ def carbon_cache(
         process.start()
         try:
             process.wait_ready(
-                lambda: all(tcp_open(port) for port in (line, pickle, query)),
+                lambda ports=(line, pickle, query): all(tcp_open(p) for p in ports),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"carbon-cache listening on {line}/{pickle}/{query}",
             )
@@ -287,11 +287,17 @@ def graphite_web(
         process = PeerProcess(
             "graphite-web",
             [
-                DEBIAN_PYTHON, "-m", "gunicorn",
-                "--bind", f"127.0.0.1:{port}",
-                "--workers", str(workers),
-                "--timeout", "120",
-                "--graceful-timeout", "5",
+                DEBIAN_PYTHON,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "5",
                 "graphite.wsgi:application",
             ],
             log_path=root / "graphite-web.log",
@@ -302,7 +308,7 @@ def graphite_web(
         url = f"http://127.0.0.1:{port}/metrics/find?query=*"
         try:
             process.wait_ready(
-                lambda: _answers_200(url),
+                lambda url=url: _answers_200(url),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"graphite-web answering {url}",
             )
@@ -335,7 +341,9 @@ def graphite_stack(
     web_workers: int = 2,
 ) -> Iterator[GraphiteStack]:
     """carbon-cache and graphite-web together, both stopped on exit."""
-    with carbon_cache(root, schemas=schemas, aggregation=aggregation, throttled=throttled) as carbon:
+    with carbon_cache(
+        root, schemas=schemas, aggregation=aggregation, throttled=throttled
+    ) as carbon:
         with graphite_web(
             root,
             whisper_dir=carbon.whisper_dir,

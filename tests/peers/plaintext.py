@@ -29,7 +29,7 @@ def send_lines(port: int, lines: Iterable[str] | Sequence[str], *, chunk_lines: 
             sent += len(batch)
         sock.shutdown(socket.SHUT_WR)
         # Wait for the server to close its side so every byte has been read.
-        sock.settimeout(30)
+        sock.settimeout(10)
         try:
             while sock.recv(4096):
                 pass

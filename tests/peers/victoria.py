@@ -62,7 +62,9 @@ class VictoriaMetrics:
 
 
 @contextlib.contextmanager
-def victoria_metrics(root: Path, *, ready_timeout_seconds: float = 60.0) -> Iterator[VictoriaMetrics]:
+def victoria_metrics(
+    root: Path, *, ready_timeout_seconds: float = 60.0
+) -> Iterator[VictoriaMetrics]:
     """Run victoria-metrics with its data under ``root``; stop it on exit."""
     binary = find_binary("victoria-metrics")
     last_error: Exception | None = None
@@ -85,7 +87,7 @@ def victoria_metrics(root: Path, *, ready_timeout_seconds: float = 60.0) -> Iter
         process.start()
         try:
             process.wait_ready(
-                lambda: tcp_open(line) and _ready(http),
+                lambda line=line, http=http: tcp_open(line) and _ready(http),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"victoria-metrics on {line}/{http}",
             )
