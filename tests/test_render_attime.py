@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -15,7 +15,7 @@ from collector.render.attime import (
     parse_time_offset,
 )
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2024, 3, 15, 13, 45, 30, tzinfo=UTC)  # a Friday
 
 

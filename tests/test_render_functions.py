@@ -3,7 +3,7 @@ graphite-web's definitions (comments show the arithmetic)."""
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from collector.render.errors import InputParameterError, LimitExceeded
 from collector.render.evaluator import evaluate_targets
 from collector.render.grammar import parse_target
-from tests.render_memsource import MemorySource
+from tests.test_render_support import MemorySource
 
 # Every series is aligned on 0. A request for [600, 900) returns the points at
 # 660, 720, 780, 840, 900 (the whisper convention: first boundary after `from`).
@@ -39,7 +39,7 @@ def _source() -> MemorySource:
 def run(target: str, *, start: int = 600, end: int = 900, xff: float = 0.0,
         source: MemorySource | None = None, max_series: int = 100) -> list[tuple[Any, list[Any]]]:
     data = evaluate_targets(source or _source(), [parse_target(target)], start=start, end=end,
-                            now=end, tz=timezone.utc, x_files_factor=xff, max_series=max_series)
+                            now=end, tz=UTC, x_files_factor=xff, max_series=max_series)
     return [(s.name, [v for v, _ in s.datapoints()]) for s in data]
 
 
@@ -75,7 +75,7 @@ def test_different_steps_normalise_to_lcm() -> None:
     name, values = one("sumSeries(web.h1.qps, slow.x)")
     assert values == [17.5, 20.5, 15]
     data = evaluate_targets(_source(), [parse_target("sumSeries(web.h1.qps, slow.x)")],
-                            start=600, end=900, now=900, tz=timezone.utc)
+                            start=600, end=900, now=900, tz=UTC)
     assert (data[0].start, data[0].end, data[0].step) == (660, 900, 120)
 
 
@@ -206,7 +206,7 @@ def test_group_by_node() -> None:
 
 def test_consolidate_by_sets_function_and_name() -> None:
     data = evaluate_targets(_source(), [parse_target("consolidateBy(web.h1.qps, 'max')")],
-                            start=600, end=900, now=900, tz=timezone.utc)
+                            start=600, end=900, now=900, tz=UTC)
     assert data[0].name == 'consolidateBy(web.h1.qps,"max")'
     assert data[0].consolidation_func == "max"
     with pytest.raises(InputParameterError, match="Invalid option"):

@@ -20,7 +20,8 @@ def test_path_with_globs() -> None:
 
 
 def test_nested_calls_and_literals() -> None:
-    node = parse_target("f( a.b , g(c) ,1, -2, 3.5, 1e3, -2.5E-2, 'x', \"y\", true, False, none, inf)")
+    node = parse_target(
+        "f( a.b , g(c) ,1, -2, 3.5, 1e3, -2.5E-2, 'x', \"y\", true, False, none, inf)")
     assert node == Call("f", (
         PathExpr("a.b"), Call("g", (PathExpr("c"),)), Const(1), Const(-2), Const(3.5),
         Const(1000.0), Const(-0.025), Const("x"), Const("y"), Const(True), Const(False),

@@ -7,7 +7,7 @@ the requested time zone.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
@@ -22,16 +22,16 @@ _WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 def get_timezone(name: str | None) -> tzinfo:
     """The zone called ``name``; UTC when empty or unknown (graphite ignores unknown zones)."""
     if not name:
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        return timezone.utc
+        return UTC
 
 
 def epoch_seconds(dt: datetime) -> int:
     """Whole epoch seconds of an aware datetime (sub-second part dropped, as graphite does)."""
-    return int((dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(seconds=1))
+    return int((dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1))
 
 
 def _localize(naive: datetime, tz: tzinfo) -> datetime:
@@ -47,13 +47,13 @@ def _localize(naive: datetime, tz: tzinfo) -> datetime:
 
 
 def _normalize(dt: datetime, tz: tzinfo) -> datetime:
-    return dt.astimezone(timezone.utc).astimezone(tz)
+    return dt.astimezone(UTC).astimezone(tz)
 
 
 def parse_at_time(text: str | datetime, tz: tzinfo | None = None,
                   now: str | datetime | None = None) -> datetime:
     """Parse ``-1h``, ``now``, epoch seconds, ``HH:MM_YYYYMMDD``, ``midnight+1d`` and the like."""
-    tz = tz or timezone.utc
+    tz = tz or UTC
     if isinstance(text, datetime):
         return text.astimezone(tz) if text.tzinfo else _localize(text, tz)
     if not isinstance(text, str):
@@ -73,13 +73,13 @@ def parse_at_time(text: str | datetime, tz: tzinfo | None = None,
     else:
         ref, offset = s, ""
     base = parse_time_reference(ref, tz, now)
-    return _normalize(base.astimezone(timezone.utc) + parse_time_offset(offset), tz)
+    return _normalize(base.astimezone(UTC) + parse_time_offset(offset), tz)
 
 
 def parse_time_reference(ref: str, tz: tzinfo | None = None,
                          now: str | datetime | None = None) -> datetime:
     """The reference part of an at-time: ``now``, ``noon``, ``yesterday``, ``20240101``..."""
-    tz = tz or timezone.utc
+    tz = tz or UTC
     now_dt = datetime.now(tz) if now is None else parse_at_time(now, tz)
     if not ref or ref == "now":
         return now_dt

@@ -50,6 +50,6 @@ def render_raw(data: Sequence[TimeSeries]) -> str:
     """``name,start,end,step|v1,v2,...`` per series, ``None`` for nulls."""
     lines = []
     for series in data:
-        header = "%s,%d,%d,%d|" % (series.name, series.start, series.end, series.step)
+        header = f"{series.name},{int(series.start)},{int(series.end)},{int(series.step)}|"
         lines.append(header + ",".join(map(repr, series)) + "\n")
     return "".join(lines)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 __all__ = ["ParseError", "PathExpr", "Call", "Const", "Node", "parse_target", "MAX_DEPTH",
            "first_path_expression"]
@@ -64,7 +63,7 @@ class Call:
     kwargs: tuple[tuple[str, Node], ...] = field(default=())
 
 
-Node = Union[PathExpr, Call, Const]
+Node = PathExpr | Call | Const
 
 
 class _Parser:

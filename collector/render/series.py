@@ -140,7 +140,7 @@ class TimeSeries(list[Value]):
         """``(value, timestamp)`` pairs as graphite's JSON output lists them."""
         timestamps = range(int(self.start), int(self.end) + 1,
                            int(self.step * self.values_per_point))
-        return list(zip(self, timestamps))
+        return list(zip(self, timestamps, strict=False))
 
     def __repr__(self) -> str:
         return (f"TimeSeries(name={self.name!r}, start={self.start}, end={self.end}, "

@@ -7,7 +7,12 @@ from typing import Any
 
 from collector.render.context import RequestContext
 from collector.render.errors import InputParameterError, NormalizeEmptyResult
-from collector.render.functions.common import agg_key, format_path_expressions, normalize, xff_values
+from collector.render.functions.common import (
+    agg_key,
+    format_path_expressions,
+    normalize,
+    xff_values,
+)
 from collector.render.functions.registry import REGISTRY, Param, T, register
 from collector.render.functions.safe import get_agg_func, safe_div, safe_mul, safe_sum
 from collector.render.series import TimeSeries
@@ -134,7 +139,8 @@ def _as_percent_by_nodes(ctx: RequestContext, seriesList: SeriesList, total: Any
         for key, group in grouped.items():
             totals[key] = group[0] if len(group) == 1 else _sum_series(group, xff)
     else:
-        raise InputParameterError("asPercent: total must be None or a seriesList when nodes are given")
+        raise InputParameterError(
+            "asPercent: total must be None or a seriesList when nodes are given")
     results = []
     for key in keys:
         if key not in meta:
@@ -190,7 +196,8 @@ def asPercent(ctx: RequestContext, seriesList: SeriesList, total: Any = None,
         raise InputParameterError(f"asPercent total must be a number or a series list: {total!r}")
     results = []
     if isinstance(total, list) and len(total) == len(seriesList):
-        pairs = zip(sorted(seriesList, key=lambda s: s.name), sorted(total, key=lambda s: s.name))
+        pairs = zip(sorted(seriesList, key=lambda s: s.name),
+                    sorted(total, key=lambda s: s.name), strict=True)
         for s1, s2 in pairs:
             _, start, end, step = normalize([[s1, s2]])
             values = [_percent(a, b) for a, b in zip_longest(s1, s2)]

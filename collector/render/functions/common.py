@@ -25,7 +25,8 @@ def lcm(a: int, b: int) -> int:
     return a // gcd(a, b) * b
 
 
-def normalize(series_lists: Sequence[Sequence[TimeSeries]]) -> tuple[list[TimeSeries], int, int, int]:
+def normalize(
+        series_lists: Sequence[Sequence[TimeSeries]]) -> tuple[list[TimeSeries], int, int, int]:
     """Bring series to a common step (their lcm); returns (series, start, end, step)."""
     if series_lists:
         series_list = [s for lst in series_lists for s in lst]

@@ -172,9 +172,9 @@ def derivative(ctx: RequestContext, seriesList: SeriesList) -> SeriesList:
     results = []
     for series in seriesList:
         values: list[Any] = []
-        prev = None
+        prev: Any = None
         for val in series:
-            values.append(None if None in (prev, val) else val - prev)
+            values.append(None if prev is None or val is None else val - prev)
             prev = val
         series.tags["derivative"] = 1
         results.append(series.copy(name=f"derivative({series.name})", values=values))
@@ -204,7 +204,8 @@ def delay(ctx: RequestContext, seriesList: SeriesList, steps: int) -> SeriesList
     """Shifts values later by ``steps`` points, padding with nulls."""
     results = []
     for series in seriesList:
-        raw = series[:]
+        raw: list[Any] = series[:]
+        values: list[Any]
         if steps < 0:
             values = raw[-steps:] + [None] * min(-steps, len(raw))
         else:

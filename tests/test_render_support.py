@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from collector.series import FetchedSeries, MetricNode
@@ -11,19 +10,27 @@ __all__ = ["MemorySource"]
 
 
 def _glob_to_regex(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for part in pattern.split("."):
-        alternatives = re.sub(r"\{([^}]*)\}", lambda m: "@@" + m.group(1).replace(",", "|") + "@@",
-                              part)
-        out = ""
-        for chunk in re.split(r"(@@[^@]*@@)", alternatives):
-            if chunk.startswith("@@"):
-                out += "(?:" + "|".join(fnmatch.translate(a)[4:-3]
-                                        for a in chunk[2:-2].split("|")) + ")"
-            else:
-                out += fnmatch.translate(chunk)[4:-3] if chunk else ""
-        parts.append(out)
-    return re.compile(r"\.".join(parts) + r"\Z")
+    """Graphite glob -> regex: ``*``/``?`` never cross a dot, ``[..]`` and ``{a,b}`` kept."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out += "[^.]*"
+        elif ch == "?":
+            out += "[^.]"
+        elif ch == "[":
+            close = pattern.index("]", i)
+            out += pattern[i:close + 1]
+            i = close
+        elif ch == "{":
+            close = pattern.index("}", i)
+            out += "(?:" + "|".join(re.escape(a) for a in pattern[i + 1:close].split(",")) + ")"
+            i = close
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(out + r"\Z")
 
 
 class MemorySource:
@@ -45,7 +52,8 @@ class MemorySource:
                     nodes[prefix] = nodes.get(prefix, False) or depth == len(parts)
         return [MetricNode(p, leaf) for p, leaf in sorted(nodes.items())]
 
-    def fetch(self, path: str, start: int, end: int, now: int | None = None) -> FetchedSeries | None:
+    def fetch(self, path: str, start: int, end: int,
+              now: int | None = None) -> FetchedSeries | None:
         if path not in self.series:
             return None
         self.fetches.append((path, start, end))
