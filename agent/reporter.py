@@ -30,6 +30,8 @@ __all__ = ["ReporterConfig", "Reporter"]
 
 log = logging.getLogger("tidemark.agent.reporter")
 
+_MAX_SEND_BYTES = 1 << 20  # one connection carries at most about this much
+
 
 @dataclass(frozen=True)
 class ReporterConfig:
@@ -187,14 +189,25 @@ class Reporter:
             self._metrics.buffered.set(self._buffered_points)
 
     def _send_buffered(self, now: float) -> bool:
+        """Send buffered batches oldest first, several per connection; False on failure.
+
+        A failed send keeps everything buffered; a retry may repeat lines the collector
+        already got, which is harmless (same name, value and timestamp).
+        """
         while True:
             with self._lock:
                 if not self._buffer:
                     self._backoff = 0.0
                     return True
-                batch = self._buffer[0]
+                group: list[_Batch] = []
+                size = 0
+                for batch in self._buffer:
+                    if group and size + len(batch.payload) > _MAX_SEND_BYTES:
+                        break
+                    group.append(batch)
+                    size += len(batch.payload)
             try:
-                self._send_payload(batch.payload)
+                self._send_payload(b"".join(b.payload for b in group))
             except OSError as exc:
                 self._metrics.send_errors.inc()
                 self._backoff = min(self.config.backoff_max_seconds,
@@ -204,13 +217,16 @@ class Reporter:
                             extra={"error": str(exc), "retry_in_seconds": self._backoff,
                                    "buffered_points": self._buffered_points})
                 return False
+            sent = 0
             with self._lock:
-                if self._buffer and self._buffer[0] is batch:
-                    self._buffer.popleft()
-                    self._buffered_points -= batch.points
+                for batch in group:
+                    if self._buffer and self._buffer[0] is batch:
+                        self._buffer.popleft()
+                        self._buffered_points -= batch.points
+                        sent += batch.points
                 self._metrics.buffered.set(self._buffered_points)
-            self.sent_points += batch.points
-            self._metrics.sent.inc(batch.points)
+            self.sent_points += sent
+            self._metrics.sent.inc(sent)
 
     def _send_payload(self, payload: bytes) -> None:
         if self.config.protocol == "tcp":

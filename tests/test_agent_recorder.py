@@ -9,8 +9,15 @@ import threading
 import numpy as np
 import pytest
 
-from agent.buckets import (GAMMA, MIN_INDEX, RELATIVE_ACCURACY, bucket_bounds, bucket_index,
-                           bucket_value, quantile_from_counts)
+from agent.buckets import (
+    GAMMA,
+    MIN_INDEX,
+    RELATIVE_ACCURACY,
+    bucket_bounds,
+    bucket_index,
+    bucket_value,
+    quantile_from_counts,
+)
 from agent.naming import MetricNaming, sanitize
 from agent.recorder import ERROR_CLASSES, Recorder, SeriesKey
 from agent.sketch import LogHistogram
