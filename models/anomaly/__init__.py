@@ -1,0 +1,22 @@
+"""Anomaly detectors (outlier-detector contract, causal, streaming) and the alert policy."""
+
+from __future__ import annotations
+
+from models.anomaly.base import BaseDetector, ScoredPoint
+from models.anomaly.changepoint import CusumDetector
+from models.anomaly.ensemble import EnsembleDetector
+from models.anomaly.esd import SeasonalHybridESD
+from models.anomaly.iforest import IsolationForestDetector
+from models.anomaly.reference import WindowedGaussianDetector
+from models.anomaly.residual import SeasonalResidualDetector
+
+__all__ = [
+    "BaseDetector",
+    "ScoredPoint",
+    "SeasonalResidualDetector",
+    "SeasonalHybridESD",
+    "IsolationForestDetector",
+    "CusumDetector",
+    "EnsembleDetector",
+    "WindowedGaussianDetector",
+]
