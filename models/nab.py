@@ -139,7 +139,9 @@ def _window_bounds(
     return bounds
 
 
-def sweep_points(file: FileScores, profile: CostProfile, probation_percent: float = 0.15) -> SweepPoints:
+def sweep_points(
+    file: FileScores, profile: CostProfile, probation_percent: float = 0.15
+) -> SweepPoints:
     """Score every point of ``file`` as if it were a detection (NAB's ``calcSweepScore``)."""
     n = len(file.timestamps)
     scores = np.asarray(file.scores, dtype=float)
@@ -158,7 +160,11 @@ def sweep_points(file: FileScores, profile: CostProfile, probation_percent: floa
             if prev_right is None:
                 unweighted = -1.0
             else:
-                unweighted = scaled_sigmoid(abs(prev_right - i) / (prev_width - 1.0)) if prev_width > 1 else -1.0
+                unweighted = (
+                    scaled_sigmoid(abs(prev_right - i) / (prev_width - 1.0))
+                    if prev_width > 1
+                    else -1.0
+                )
             sweep[i] = unweighted * profile.fp_weight
         if left >= n:
             break
@@ -189,7 +195,9 @@ class NabResult:
     false_negatives: int = 0
 
 
-def _threshold_sweep(points: Sequence[SweepPoints], fn_weight: float) -> tuple[np.ndarray, np.ndarray]:
+def _threshold_sweep(
+    points: Sequence[SweepPoints], fn_weight: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw corpus score for every candidate threshold (descending), incl. 'never fires'."""
     keys: list[np.ndarray] = []
     scores: list[np.ndarray] = []
@@ -277,7 +285,9 @@ def score_corpus(
     perfect = profile.tp_weight * sum(len(f.windows) for f in files)
     denom = perfect - null
     normalized = 100.0 * (raw - null) / denom if denom > 0 else 0.0
-    return NabResult(profile.name, float(threshold), raw, null, perfect, normalized, per_file, tp, fp, fn)
+    return NabResult(
+        profile.name, float(threshold), raw, null, perfect, normalized, per_file, tp, fp, fn
+    )
 
 
 @dataclass(frozen=True)
@@ -293,7 +303,9 @@ class EventMetrics:
     f1: float
 
 
-def event_metrics(files: Sequence[FileScores], threshold: float, probation_percent: float = 0.15) -> EventMetrics:
+def event_metrics(
+    files: Sequence[FileScores], threshold: float, probation_percent: float = 0.15
+) -> EventMetrics:
     """Per-event precision/recall/F1 at ``threshold``, probationary points ignored.
 
     A window with at least one detection is a true positive, a window with none a false
@@ -316,7 +328,9 @@ def event_metrics(files: Sequence[FileScores], threshold: float, probation_perce
     return EventMetrics(threshold, hit, total, alarms, precision, recall, f1)
 
 
-def windows_from_json(entries: Sequence[Sequence[str]]) -> tuple[tuple[pd.Timestamp, pd.Timestamp], ...]:
+def windows_from_json(
+    entries: Sequence[Sequence[str]],
+) -> tuple[tuple[pd.Timestamp, pd.Timestamp], ...]:
     """Parse one file's entry of NAB's ``combined_windows.json``."""
     out = []
     for entry in entries:

@@ -101,11 +101,15 @@ def as_series_frame(X: Any) -> tuple[np.ndarray, np.ndarray, pd.Index]:
         if values.ndim == 1:
             values = values[:, None]
         if values.ndim != 2 or values.shape[1] == 0:
-            raise ValueError(f"X must be 1-D or 2-D with at least one column, got shape {values.shape}")
+            raise ValueError(
+                f"X must be 1-D or 2-D with at least one column, got shape {values.shape}"
+            )
         seconds = np.arange(values.shape[0], dtype=np.float64)
         index = pd.RangeIndex(values.shape[0])
     else:
-        raise TypeError(f"X must be a pandas Series/DataFrame or a NumPy array, not {type(X).__name__}")
+        raise TypeError(
+            f"X must be a pandas Series/DataFrame or a NumPy array, not {type(X).__name__}"
+        )
     if len(seconds) > 1 and not np.all(np.diff(seconds) >= 0):
         raise ValueError("X timestamps must not go backwards (sort the rows by time)")
     if np.isinf(values).any():
@@ -187,7 +191,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         check_is_fitted(self, "state_")
         seconds, values, index = as_series_frame(X)
         if values.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {values.shape[1]} signals, the detector was fitted on {self.n_features_in_}")
+            raise ValueError(
+                f"X has {values.shape[1]} signals, the detector was fitted on {self.n_features_in_}"
+            )
         return seconds, values, index
 
     def anomaly_score(self, X: Any) -> np.ndarray:
@@ -213,13 +219,21 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """Score one new point and learn it (constant time); returns the anomaly score."""
         return self.update_explained(timestamp, value).score
 
-    def update_explained(self, timestamp: pd.Timestamp | float, value: float | np.ndarray) -> ScoredPoint:
+    def update_explained(
+        self, timestamp: pd.Timestamp | float, value: float | np.ndarray
+    ) -> ScoredPoint:
         """Like :meth:`update`, with which signal drove the score and its expected value."""
         check_is_fitted(self, "state_")
-        t = pd.Timestamp(timestamp).value / 1e9 if isinstance(timestamp, pd.Timestamp | str) else float(timestamp)
+        t = (
+            pd.Timestamp(timestamp).value / 1e9
+            if isinstance(timestamp, pd.Timestamp | str)
+            else float(timestamp)
+        )
         x = np.atleast_1d(np.asarray(value, dtype=float))
         if x.shape != (self.n_features_in_,):
-            raise ValueError(f"value must hold {self.n_features_in_} signal(s), got shape {x.shape}")
+            raise ValueError(
+                f"value must hold {self.n_features_in_} signal(s), got shape {x.shape}"
+            )
         if not t >= self.last_timestamp_:
             raise ValueError("timestamps must not go backwards")
         score = self.state_.step(t, x)

@@ -18,14 +18,21 @@ class _CusumState:
     def __init__(self, n: int, d: CusumDetector) -> None:
         self.d = d
         self.baselines = [
-            SeasonalBaseline(daily=d.daily, weekly=False, level_alpha=d.reference_alpha,
-                             season_alpha=d.reference_alpha, error_alpha=0.002)
+            SeasonalBaseline(
+                daily=d.daily,
+                weekly=False,
+                level_alpha=d.reference_alpha,
+                season_alpha=d.reference_alpha,
+                error_alpha=0.002,
+            )
             for _ in range(n)
         ]
         self.abs_residuals = [RollingQuantile(d.scale_window) for _ in range(n)]
         self.upper = [0.0] * n
         self.lower = [0.0] * n
-        self.calibrators = [TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)]
+        self.calibrators = [
+            TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)
+        ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
 

@@ -20,14 +20,20 @@ _COMBINERS = ("max", "mean", "weighted")
 def default_members() -> list[tuple[str, BaseDetector]]:
     """The members used when none are given (the best combination on the NAB dev split)."""
     return [
-        ("residual", SeasonalResidualDetector(error_alpha=0.002, level_alpha=0.5, tail_index=4.0,
-                                              history=20000, scale_window=5000)),
+        (
+            "residual",
+            SeasonalResidualDetector(
+                error_alpha=0.002, level_alpha=0.5, tail_index=4.0, history=20000, scale_window=5000
+            ),
+        ),
         ("cusum", CusumDetector()),
     ]
 
 
 class _EnsembleState:
-    def __init__(self, states: list[DetectorState], combine: str, weights: np.ndarray, n: int) -> None:
+    def __init__(
+        self, states: list[DetectorState], combine: str, weights: np.ndarray, n: int
+    ) -> None:
         self.states = states
         self.combine = combine
         self.weights = weights
@@ -74,7 +80,9 @@ class EnsembleDetector(BaseDetector):
 
     def _new_state(self, n_features: int) -> _EnsembleState:
         if self.combine not in _COMBINERS:
-            raise ValueError(f"combine must be one of {', '.join(_COMBINERS)}, got {self.combine!r}")
+            raise ValueError(
+                f"combine must be one of {', '.join(_COMBINERS)}, got {self.combine!r}"
+            )
         members = self.members()
         if not members:
             raise ValueError("an ensemble needs at least one detector")

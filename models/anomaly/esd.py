@@ -106,7 +106,9 @@ class _ESDState:
                 score = esd_score(abs(value - expected) / sig.scale, sig.n)
             sig.times.append(t)
             sig.values.append(float(value))
-            if len(sig.values) >= self.d.min_points and (sig.n == 0 or self.count % self.d.refit_points == 0):
+            if len(sig.values) >= self.d.min_points and (
+                sig.n == 0 or self.count % self.d.refit_points == 0
+            ):
                 self._refit(sig)
             if score > best:
                 best, best_j = score, j

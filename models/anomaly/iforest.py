@@ -33,7 +33,9 @@ class _ForestState:
         return np.concatenate([x, x - self.previous])
 
     def _refit_due(self) -> bool:
-        return len(self.rows) >= self.d.min_points and (self.model is None or self.since_fit >= self.d.refit_points)
+        return len(self.rows) >= self.d.min_points and (
+            self.model is None or self.since_fit >= self.d.refit_points
+        )
 
     def _refit(self) -> None:
         data = np.asarray(self.rows)
@@ -96,8 +98,12 @@ class _ForestState:
             for k in range(len(chunk)):
                 model_before = self.model
                 fk = self._features(chunk[k])
-                out[i + k] = self._finish(float(seconds[i + k]), chunk[k], fk,
-                                          raw[k] if not np.isnan(fk).any() else math.nan)
+                out[i + k] = self._finish(
+                    float(seconds[i + k]),
+                    chunk[k],
+                    fk,
+                    raw[k] if not np.isnan(fk).any() else math.nan,
+                )
                 if self.model is not model_before:
                     end = i + k + 1
                     break

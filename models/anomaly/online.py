@@ -108,7 +108,11 @@ class SeasonalBaseline:
         cands = self._candidates(t)
         best, best_err = cands[0], self._errors[0]
         for value, err in zip(cands[1:], self._errors[1:], strict=True):
-            if not math.isnan(value) and not math.isnan(err) and (math.isnan(best_err) or err < best_err):
+            if (
+                not math.isnan(value)
+                and not math.isnan(err)
+                and (math.isnan(best_err) or err < best_err)
+            ):
                 best, best_err = value, err
         return best
 
@@ -131,7 +135,9 @@ class SeasonalBaseline:
             err = abs(x - value)
             prev = self._errors[i]
             self._errors[i] = err if math.isnan(prev) else prev + self.error_alpha * (err - prev)
-        self._level = x if math.isnan(self._level) else self._level + self.level_alpha * (x - self._level)
+        self._level = (
+            x if math.isnan(self._level) else self._level + self.level_alpha * (x - self._level)
+        )
         if self._day is not None:
             d, w = self._slots(t)
             for profile, slot in ((self._day, d), (self._week, w)):
@@ -150,7 +156,9 @@ class TailCalibrator:
     score is 0.
     """
 
-    def __init__(self, history: int = 5000, min_history: int = 100, tail_index: float = 2.0) -> None:
+    def __init__(
+        self, history: int = 5000, min_history: int = 100, tail_index: float = 2.0
+    ) -> None:
         self.min_history = min_history
         self.tail_index = tail_index
         self._window = RollingQuantile(history)

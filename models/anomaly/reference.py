@@ -62,7 +62,9 @@ class _WindowedGaussianState:
 class WindowedGaussianDetector(BaseDetector):
     """NAB's windowedGaussian (window 6,400 points, step 100)."""
 
-    def __init__(self, *, window_points: int = 6400, step_points: int = 100, threshold: float = 0.999) -> None:
+    def __init__(
+        self, *, window_points: int = 6400, step_points: int = 100, threshold: float = 0.999
+    ) -> None:
         self.window_points = window_points
         self.step_points = step_points
         self.threshold = threshold

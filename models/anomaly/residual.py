@@ -28,7 +28,9 @@ class _ResidualState:
         ]
         self.abs_residuals = [RollingQuantile(d.scale_window) for _ in range(n)]
         self.recent_z = [RollingQuantile(max(1, d.smoothing_points)) for _ in range(n)]
-        self.calibrators = [TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)]
+        self.calibrators = [
+            TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)
+        ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
         self.smoothing = max(1, d.smoothing_points)
