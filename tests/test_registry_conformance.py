@@ -74,16 +74,34 @@ def _registryctl(backend: Backend, tmp_path: Path, *args: str) -> list[str]:
     return command + list(args)
 
 
+def _start_owner(backend: Backend, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(tmp_path / "owner.log", "ab") as log:
+        return subprocess.Popen(_registryctl(backend, tmp_path, *args), stdout=subprocess.PIPE,
+                                stderr=log, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+
+
+async def _wait_registered(owner: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    assert owner.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 30)
+    assert b'"registered"' in line, (tmp_path / "owner.log").read_text()[-2000:]
+
+
+def _reap(owner: subprocess.Popen[bytes]) -> None:
+    if owner.poll() is None:
+        owner.kill()
+    owner.wait(10)
+    if owner.stdout is not None:
+        owner.stdout.close()
+
+
 async def test_node_of_killed_owner_expires_after_ttl(backend: Backend, tmp_path: Path) -> None:
     client = backend.client()
     service = unique("payments")
     ttl = 2.0
-    owner = subprocess.Popen(
-        _registryctl(backend, tmp_path, "register", service, "127.0.0.1:9100", "--ttl", str(ttl)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    owner = _start_owner(backend, tmp_path, "register", service, "127.0.0.1:9100",
+                         "--ttl", str(ttl))
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 30)  # type: ignore[union-attr]
-        assert b'"registered"' in line, owner.stderr.read() if owner.poll() is not None else line  # type: ignore[union-attr]
+        await _wait_registered(owner, tmp_path)
 
         async def present() -> bool:
             return [n.id for n in (await client.snapshot(service)).nodes] == ["127.0.0.1_9100"]
@@ -103,22 +121,17 @@ async def test_node_of_killed_owner_expires_after_ttl(backend: Backend, tmp_path
 
         await wait_until(gone, timeout_seconds=ttl + 15)
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
+        _reap(owner)
 
 
 async def test_registryctl_register_deregisters_on_sigterm(backend: Backend,
                                                              tmp_path: Path) -> None:
     client = backend.client()
     service = unique("search")
-    owner = subprocess.Popen(
-        _registryctl(backend, tmp_path, "register", service, "127.0.0.1:9200", "--ttl", "30",
-                     "--idc", "sh", "--weight", "40"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    owner = _start_owner(backend, tmp_path, "register", service, "127.0.0.1:9200",
+                         "--ttl", "30", "--idc", "sh", "--weight", "40")
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 30)  # type: ignore[union-attr]
-        assert b'"registered"' in line
+        await _wait_registered(owner, tmp_path)
         snapshot = await client.snapshot(service)
         assert [(n.idc, n.weight) for n in snapshot.nodes] == [("sh", 40)]
         owner.send_signal(signal.SIGTERM)
@@ -126,9 +139,7 @@ async def test_registryctl_register_deregisters_on_sigterm(backend: Backend,
         # Deregistered on clean shutdown: gone at once, long before its 30 s TTL.
         assert (await client.snapshot(service)).nodes == ()
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
+        _reap(owner)
 
 
 async def test_rapid_changes_reach_watchers_untorn_and_in_order(backend: Backend) -> None:
