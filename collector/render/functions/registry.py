@@ -173,7 +173,9 @@ class Param:
         if value is None and (self.default is not None or not self.required):
             return value
         options = self.all_options()
-        if options and value not in options:
+        deprecated = (self.type is T.agg_func and isinstance(value, str)
+                      and value.endswith("Series") and value[:-6] in options)
+        if options and value not in options and not deprecated:
             raise InputParameterError(
                 f'Invalid option specified for function "{func}" parameter "{self.name}": '
                 f"{value!r}")
