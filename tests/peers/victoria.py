@@ -80,6 +80,7 @@ def victoria_metrics(
                 "-retentionPeriod=100y",
                 "-search.latencyOffset=0s",
                 "-loggerLevel=WARN",
+                "-search.disableCache",
             ],
             log_path=root / "victoria-metrics.log",
             cwd=root,
