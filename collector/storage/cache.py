@@ -84,8 +84,12 @@ class MetricCache:
     def oldest(self) -> tuple[int | None, float | None]:
         """(lowest epoch, earliest arrival time) over every cached point, None if empty."""
         with self.lock:
-            firsts = list(self._first.values())
-            firsts.extend((e, a) for _, e, a in self._inflight.values())
+            return self.oldest_locked()
+
+    def oldest_locked(self) -> tuple[int | None, float | None]:
+        """:meth:`oldest` for a caller already holding :attr:`lock`."""
+        firsts = list(self._first.values())
+        firsts.extend((e, a) for _, e, a in self._inflight.values())
         if not firsts:
             return None, None
         return min(e for e, _ in firsts), min(a for _, a in firsts)

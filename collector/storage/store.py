@@ -9,6 +9,7 @@ within ``drain_timeout_seconds`` and deletes the log segments that are fully wri
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from collector.storage.whisper_files import (
     merge_with_cache,
 )
 from collector.storage.writer import WhisperWriter
+from tidemark.logs import RateLimitedLog
 
 __all__ = ["MetricStore", "StoreClosed", "WAL_DIRNAME"]
 
@@ -69,7 +71,11 @@ class MetricStore:
         self._stop_event = asyncio.Event()
         self._flush_task: asyncio.Task[None] | None = None
         self._writer: WhisperWriter | None = None
+        self._writer_paused = False
         self._stopping: asyncio.Future[None] | None = None
+        # Log writes get their own thread: a busy default executor must not delay fsyncs.
+        self._wal_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._wal_errors = RateLimitedLog(log, per_seconds=10.0)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -79,10 +85,14 @@ class MetricStore:
         self._state = "starting"
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self._epoch = await asyncio.to_thread(self._replay)
+        self._wal_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="wal-fsync")
         self._writer = WhisperWriter(
             self._cache, self.tree, self.rules, self._metrics, clock=self._clock,
             max_updates_per_second=self._config.writer_max_updates_per_second,
             after_pass=self._after_pass, on_failure=self._pin)
+        if self._writer_paused:
+            self._writer.pause()
         self._writer.start()
         self._flush_task = asyncio.create_task(self._flush_loop(), name="wal-fsync")
         self._flush_task.add_done_callback(self._flush_task_done)
@@ -131,7 +141,11 @@ class MetricStore:
                 await self._flush_task
             except Exception:  # already logged by the done callback
                 pass
-        await self._flush()  # whatever arrived since the last group commit
+        try:
+            await self._flush()  # whatever arrived since the last group commit
+        except OSError as exc:
+            log.error("final write-ahead log flush failed; draining the cache to whisper",
+                      extra={"error": str(exc)})
         writer = self._writer
         if writer is not None:
             writer.request_drain()
@@ -141,6 +155,8 @@ class MetricStore:
                 writer.abort()
                 await asyncio.to_thread(writer.join)
         await asyncio.to_thread(self._final_cleanup)
+        if self._wal_executor is not None:
+            self._wal_executor.shutdown(wait=True)
         self._update_gauges()
         self._state = "stopped"
 
@@ -167,12 +183,17 @@ class MetricStore:
             cache.add_locked(points, len(points), self._epoch, now)
 
     def pause_writer(self) -> None:
-        """Hold whisper writes (points keep arriving in the log and cache); stop overrides."""
+        """Hold whisper writes (points keep arriving in the log and cache); stop overrides.
+
+        May be called before :meth:`start` (replayed points then stay in the cache).
+        """
+        self._writer_paused = True
         if self._writer is not None:
             self._writer.pause()
 
     def resume_writer(self) -> None:
         """Undo :meth:`pause_writer`."""
+        self._writer_paused = False
         if self._writer is not None:
             self._writer.resume()
 
@@ -196,7 +217,11 @@ class MetricStore:
             except TimeoutError:
                 pass
             deadline = loop.time() + interval
-            await self._flush()
+            try:
+                await self._flush()
+            except OSError as exc:  # e.g. disk full: points stay pending, retried next tick
+                self._wal_errors.warning("wal", "write-ahead log write failed; retrying",
+                                         error=str(exc))
             self._update_gauges()
 
     async def _flush(self) -> None:
@@ -205,7 +230,16 @@ class MetricStore:
             epoch = self._epoch
         if not batch:
             return
-        size = await asyncio.to_thread(self._write_batch, epoch, batch)
+        loop = asyncio.get_running_loop()
+        try:
+            size = await loop.run_in_executor(self._wal_executor, self._write_batch, epoch, batch)
+        except OSError:
+            # Keep the points for the next try, in a new segment: a partly written record
+            # must stay the tail of its segment, or replay would stop before later records.
+            with self._cache.lock:
+                self._pending[:0] = batch
+                self._epoch = max(self._epoch, epoch + 1)
+            raise
         if size >= self._wal.segment_bytes:
             with self._cache.lock:
                 self._epoch = epoch + 1
@@ -228,8 +262,10 @@ class MetricStore:
         self._update_gauges()
 
     def _delete_flushed(self, *, final: bool) -> None:
-        oldest_epoch, _ = self._cache.oldest()
+        # One critical section: a flush rotating the epoch between reading the cache and
+        # reading the epoch would otherwise let a segment holding cached points go.
         with self._cache.lock:
+            oldest_epoch, _ = self._cache.oldest_locked()
             bounds = [b for b in (oldest_epoch, self._pinned_epoch) if b is not None]
             if not final:
                 bounds.append(self._epoch)
