@@ -130,6 +130,13 @@ async def test_render_limits(setup) -> None:  # type: ignore[no-untyped-def]
     assert resp.status == 413
     assert _count(metrics, "tidemark_collector_render_errors_total", endpoint="render",
                   status="413") == 1
+
+    async def chunked():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"target=db.a&pad=" + b"x" * 1000 + b"&"
+    resp = await client.post("/render", data=chunked(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 413
     many = "&".join(["target=web.*.*"] * 20)  # 3 series each, over max_series=50
     resp = await client.get(f"/render?{many}&from=-5min")
     assert resp.status == 400 and "max_series=50" in await resp.text()

@@ -55,9 +55,14 @@ async def _params(request: web.Request, max_body_bytes: int) -> MultiDict[str]:
         return params
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise _HTTPError(413, f"request body larger than {max_body_bytes} bytes")
-    body = await request.content.read(max_body_bytes + 1)
-    if len(body) > max_body_bytes:
-        raise _HTTPError(413, f"request body larger than {max_body_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise _HTTPError(413, f"request body larger than {max_body_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body:
         return params
     if request.content_type not in (_FORM, "application/octet-stream", ""):

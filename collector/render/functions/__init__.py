@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collector.render.functions import alias, combine, filter, transform  # noqa: F401
-from collector.render.functions import histogram  # noqa: F401  (agent: histogramPercentile)
+from collector.render.functions import alias, combine, filter, histogram, transform  # noqa: F401
 from collector.render.functions.registry import (
     REGISTRY,
     FunctionSpec,
