@@ -4,8 +4,9 @@ Key layout under the root (default ``/tidemark/registry/``)::
 
     services/<service>/nodes/<node-id>   node record (JSON, with "ttl_seconds"), on a lease
     services/<service>/config            {"flat": {flat_key: value}}   (see registry.commands)
-    services/<service>/history           [command, ...]                (last 100)
+    history/<service>                    [command, ...]                (last 100)
 
+``history`` sits outside the service prefix so watchers are not sent it on every command.
 A node's key lives on its own lease (TTL = the node's TTL), kept alive by heartbeats, so a
 node whose process dies vanishes when the lease runs out. A command rewrites ``config`` and
 ``history`` in one transaction guarded by both keys' mod revisions; a lost race is retried.
@@ -137,6 +138,9 @@ class EtcdRegistryClient(BaseClient):
     def _service_prefix(self, service: str) -> str:
         return f"{self._root}services/{service}/"
 
+    def _history_key(self, service: str) -> bytes:
+        return f"{self._root}history/{service}".encode()
+
     def _parse_key(self, key: bytes) -> tuple[str, str] | None:
         text = key.decode()
         base = f"{self._root}services/"
@@ -210,7 +214,7 @@ class EtcdRegistryClient(BaseClient):
     async def history(self, service: str) -> list[Command]:
         """Recent commands of ``service``, oldest first."""
         check_name(service, "service")
-        got = await self._call("get", f"{self._service_prefix(service)}history".encode())
+        got = await self._call("get", self._history_key(service))
         return [Command.from_dict(c) for c in json.loads(got.value)] if got else []
 
     # --- commands ------------------------------------------------------------------------
@@ -221,7 +225,7 @@ class EtcdRegistryClient(BaseClient):
         if not isinstance(kind, str):
             raise ValueError("kind: expected a string")
         config_key = f"{self._service_prefix(service)}config".encode()
-        history_key = f"{self._service_prefix(service)}history".encode()
+        history_key = self._history_key(service)
         for _ in range(_MAX_CAS_ATTEMPTS):
             config = await self._call("get", config_key)
             history = await self._call("get", history_key)
