@@ -232,3 +232,29 @@ def test_bad_arguments_name_the_problem(target: str, message: str) -> None:
 def test_series_budget() -> None:
     with pytest.raises(LimitExceeded, match="max_series=2"):
         run("sumSeries(dc.*.*.qps)", max_series=2)
+
+
+def test_none_argument_takes_the_default() -> None:
+    # graphite passes None on and fails with a 500; the declared default is used instead
+    assert one("transformNull(web.h2.qps, none)")[1] == [22, 24, 0, 28, 30]
+    assert [n for n, _ in run("groupByNode(dc.*.*.qps, 1, none)")] == ["east", "west"]
+
+
+@pytest.mark.parametrize("target", [
+    "countSeries(web.h1.qps, none)",
+    "movingAverage(web.h1.qps, inf)",
+    "movingAverage(web.h1.qps, -2)",
+])
+def test_degenerate_arguments_are_bad_requests(target: str) -> None:
+    with pytest.raises(InputParameterError):
+        run(target)
+
+
+def test_node_that_is_not_an_index_is_a_tag_lookup() -> None:
+    # as in graphite: inf is no node index, so it names a tag, which is absent: empty name
+    assert run("aliasByNode(web.h1.qps, inf)") == [("", [11, 12, 13, 14, 15])]
+
+
+def test_summarize_bucket_count_is_bounded() -> None:
+    with pytest.raises(InputParameterError, match="buckets"):
+        run("summarize(web.h1.qps, '1s')", start=0, end=2_000_000)

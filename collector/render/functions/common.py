@@ -57,7 +57,7 @@ def _node_or_tag(series: TimeSeries, n: Any, path_expression: str | None) -> str
     try:
         if n == int(n):
             return str((path_expression or series.name).split(";", 2)[0].split(".")[n])
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, OverflowError):
         pass
     return series.tags.get(str(n), "")
 

@@ -17,7 +17,9 @@ from collector.render.errors import InputParameterError
 from collector.render.functions.safe import AGG_FUNC_ALIASES, AGG_FUNCS
 from collector.render.series import TimeSeries
 
-__all__ = ["ParamType", "Param", "FunctionSpec", "REGISTRY", "register", "validate_params",
+MAX_WINDOW_POINTS = 1_000_000
+
+__all__ = ["MAX_WINDOW_POINTS", "ParamType", "Param", "FunctionSpec", "REGISTRY", "register", "validate_params",
            "function_info", "T", "agg_func_names"]
 
 
@@ -76,6 +78,8 @@ def _int_or_interval(value: Any) -> Any:
     if isinstance(value, str):
         return _interval(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or not 0 <= value <= MAX_WINDOW_POINTS:
+            raise ValueError(f"window of points must be 0..{MAX_WINDOW_POINTS}: {value!r}")
         return value
     raise ValueError(f"not an integer nor an interval: {value!r}")
 
@@ -170,7 +174,9 @@ class Param:
         return out
 
     def validate(self, value: Any, func: str) -> Any:
-        if value is None and (self.default is not None or not self.required):
+        if value is None and self.default is not None:
+            return self.default  # graphite passes None on and fails later; use the default
+        if value is None and not self.required and not self.multiple:
             return value
         options = self.all_options()
         deprecated = (self.type is T.agg_func and isinstance(value, str)

@@ -16,6 +16,7 @@ from collector.render.series import TimeSeries
 __all__: list[str] = []
 
 SeriesList = list[TimeSeries]
+MAX_BUCKETS = 1_000_000
 _SERIES = Param("seriesList", T.series_list, required=True)
 _WINDOW_SUGGESTIONS = (5, 7, 10, "1min", "5min", "10min", "30min", "1hour")
 
@@ -255,6 +256,9 @@ def summarize(ctx: RequestContext, seriesList: SeriesList, intervalString: str,
         raise InputParameterError(f"summarize interval must be positive: {intervalString!r}")
     results = []
     for series in seriesList:
+        if (series.end - series.start) / interval > MAX_BUCKETS:
+            raise InputParameterError(
+                f"summarize interval {intervalString!r} gives more than {MAX_BUCKETS} buckets")
         if alignToFrom:
             new_start, new_end = series.start, series.end
         else:
