@@ -19,8 +19,8 @@ from collector.render.series import TimeSeries
 
 MAX_WINDOW_POINTS = 1_000_000
 
-__all__ = ["MAX_WINDOW_POINTS", "ParamType", "Param", "FunctionSpec", "REGISTRY", "register", "validate_params",
-           "function_info", "T", "agg_func_names"]
+__all__ = ["MAX_WINDOW_POINTS", "ParamType", "Param", "FunctionSpec", "REGISTRY", "register",
+           "validate_params", "function_info", "T", "agg_func_names"]
 
 
 def _boolean(value: Any) -> bool:
