@@ -22,7 +22,11 @@ __all__ = ["evaluate_targets", "evaluate_target", "fetch_data"]
 
 def fetch_data(ctx: RequestContext, pattern: str) -> list[TimeSeries]:
     """Series of every leaf matching ``pattern`` in the context's range, sorted by name."""
-    leaves = [node for node in ctx.source.find(pattern) if node.is_leaf]
+    try:
+        nodes = ctx.source.find(pattern)
+    except ValueError as exc:  # the storage refuses unsafe or malformed patterns
+        raise InputParameterError(f"invalid path expression {pattern!r}: {exc}") from exc
+    leaves = [node for node in nodes if node.is_leaf]
     ctx.budget.take(len(leaves))
     by_name: dict[str, TimeSeries] = {}
     for node in leaves:

@@ -282,7 +282,10 @@ def add_render_routes(app: web.Application, source: SeriesSource, metrics: Colle
         if fmt not in ("treejson", "completer", "nodelist"):
             raise InputParameterError("Invalid value for 'format' parameter")
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(None, source.find, query)
+        try:
+            matches = await loop.run_in_executor(None, source.find, query)
+        except ValueError as exc:
+            raise InputParameterError(f"invalid query {query!r}: {exc}") from exc
         if leaves_only:
             matches = [m for m in matches if m.is_leaf]
         matches = sorted(matches, key=_node_name)
