@@ -165,6 +165,14 @@ async def test_find_treejson_and_completer(setup) -> None:  # type: ignore[no-un
     assert resp.status == 400
 
 
+async def test_storage_refusing_a_pattern_is_a_bad_request(setup) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = setup
+    resp = await client.get("/render", params={"target": "sumSeries(a/b.c)"})
+    assert resp.status == 400 and "invalid path expression 'a/b.c'" in await resp.text()
+    resp = await client.get("/metrics/find", params={"query": "a/b"})
+    assert resp.status == 400 and "invalid query" in await resp.text()
+
+
 async def test_index_json(setup) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = setup
     resp = await client.get("/metrics/index.json")

@@ -42,6 +42,8 @@ class MemorySource:
         self.fetches: list[tuple[str, int, int]] = []
 
     def find(self, pattern: str) -> list[MetricNode]:
+        if "/" in pattern:  # as the real storage does for unsafe patterns
+            raise ValueError(f"unsafe pattern {pattern!r}")
         regex = _glob_to_regex(pattern)
         nodes: dict[str, bool] = {}
         for path in self.series:
