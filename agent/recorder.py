@@ -15,8 +15,7 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -31,6 +30,7 @@ _ERROR_SET = frozenset(ERROR_CLASSES)
 _INF = math.inf
 _log = math.log
 _ceil = math.ceil
+_perf_counter = time.perf_counter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,19 +102,39 @@ def classify_exception(exc: BaseException) -> str:
 
 
 class Measurement:
-    """The handle ``Recorder.measure`` yields; set ``error`` to classify the call yourself."""
+    """One measured call: ``with recorder.measure("svc") as m:``; ``m.fail()`` to classify.
 
-    __slots__ = ("error", "latency_ms")
+    An exception escaping the block counts as an error (:func:`classify_exception`)
+    unless ``fail`` already set the class.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("error", "latency_ms", "_recorder", "_key", "_started")
+
+    def __init__(self, recorder: Recorder, service: str, node: str | None,
+                 caller: str | None) -> None:
         self.error: str | None = None
         self.latency_ms: float | None = None
+        self._recorder = recorder
+        self._key = (service, node, caller)
+        self._started = 0.0
 
     def fail(self, error_class: str = "business") -> None:
         """Count this call as an error of ``error_class``."""
         if error_class not in _ERROR_SET:
             raise ValueError(f"unknown error class {error_class!r}; use one of {ERROR_CLASSES}")
         self.error = error_class
+
+    def __enter__(self) -> Measurement:
+        self._started = _perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        latency_ms = (_perf_counter() - self._started) * 1000.0
+        self.latency_ms = latency_ms
+        if exc is not None and self.error is None and isinstance(exc, Exception):
+            self.error = classify_exception(exc)
+        service, node, caller = self._key
+        self._recorder.record(service, latency_ms, self.error, node, caller)
 
 
 def _check_part(what: str, value: str | None, required: bool) -> None:
@@ -231,22 +251,10 @@ class Recorder:
                 idle.append(key)
         return WindowSnapshot(start, self.interval_seconds, stats, tuple(idle))
 
-    @contextmanager
     def measure(self, service: str, node: str | None = None,
-                caller: str | None = None) -> Iterator[Measurement]:
-        """Time the ``with`` block as one call; an escaping exception counts as an error."""
-        handle = Measurement()
-        started = time.perf_counter()
-        try:
-            yield handle
-        except BaseException as exc:
-            if handle.error is None and isinstance(exc, Exception):
-                handle.error = classify_exception(exc)
-            raise
-        finally:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            handle.latency_ms = latency_ms
-            self.record(service, latency_ms, handle.error, node, caller)
+                caller: str | None = None) -> Measurement:
+        """Time a ``with`` block as one call; an escaping exception counts as an error."""
+        return Measurement(self, service, node, caller)
 
     def timed(self, service: str, node: str | None = None,
               caller: str | None = None) -> Callable[[F], F]:
