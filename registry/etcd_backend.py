@@ -9,7 +9,9 @@ Key layout under the root (default ``/tidemark/registry/``)::
 ``history`` sits outside the service prefix so watchers are not sent it on every command.
 A node's key lives on its own lease (TTL = the node's TTL), kept alive by heartbeats, so a
 node whose process dies vanishes when the lease runs out. A command rewrites ``config`` and
-``history`` in one transaction guarded by both keys' mod revisions; a lost race is retried.
+``history`` in one transaction guarded by both keys' mod revisions, compared against the
+client's last copy; a lost race returns the current values in the same round trip and is
+retried.
 A watch reads the service prefix at one revision, then watches from the next revision and
 applies events; all events of a transaction share one revision and arrive in one watch
 response, so snapshots are never torn.
@@ -70,6 +72,16 @@ class _ServiceState:
                         revision=revision)
 
 
+@dataclass
+class _Seen:
+    """The last config and history this client read or wrote, for compare-and-swap."""
+
+    flat: dict[str, Any]
+    commands: list[Command]
+    config_mod: int
+    history_mod: int
+
+
 class EtcdRegistryClient(BaseClient):
     """The registry on etcd v3: leases for TTLs, transactions for commands, watches."""
 
@@ -85,6 +97,7 @@ class EtcdRegistryClient(BaseClient):
         self._index = 0
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()
+        self._seen: dict[str, _Seen] = {}
 
     # --- connection ----------------------------------------------------------------------
     async def _etcd(self) -> aetcd.Client:
@@ -226,28 +239,62 @@ class EtcdRegistryClient(BaseClient):
             raise ValueError("kind: expected a string")
         config_key = f"{self._service_prefix(service)}config".encode()
         history_key = self._history_key(service)
+        seen = self._seen.get(service)
+        fresh = False
         for _ in range(_MAX_CAS_ATTEMPTS):
-            config = await self._call("get", config_key)
-            history = await self._call("get", history_key)
-            flat = json.loads(config.value)["flat"] if config else {}
-            commands = [Command.from_dict(c) for c in json.loads(history.value)] if history else []
-            new_flat, new_history, command = apply_command(
-                flat, commands, service=service, kind=kind, args=args, who=who, why=why,
-                now=time.time())
+            if seen is None:
+                seen = await self._read_config(config_key, history_key)
+                fresh = True
+            try:
+                new_flat, new_history, command = apply_command(
+                    seen.flat, seen.commands, service=service, kind=kind, args=args, who=who,
+                    why=why, now=time.time())
+            except ValueError:
+                if fresh:
+                    raise
+                seen = None  # judged on a cached copy: look again before saying no
+                continue
             client = await self._etcd()
             tx = client.transactions
-            ok, _ = await self._call(
+            # One round trip: compare both keys with the copy we applied the command to;
+            # if another writer won, the failure branch returns the current values.
+            ok, responses = await self._call(
                 "transaction",
-                compare=[tx.mod(config_key) == (config.mod_revision if config else 0),
-                         tx.mod(history_key) == (history.mod_revision if history else 0)],
+                compare=[tx.mod(config_key) == seen.config_mod,
+                         tx.mod(history_key) == seen.history_mod],
                 success=[tx.put(config_key, json.dumps({"flat": new_flat}).encode()),
                          tx.put(history_key,
                                 json.dumps([c.to_dict() for c in new_history]).encode())],
-                failure=[])
+                failure=[tx.get(config_key), tx.get(history_key)])
             if ok:
+                revision = int(responses[0].response_put.header.revision)
+                self._remember(service, _Seen(new_flat, new_history, revision, revision))
                 return command
-            await asyncio.sleep(0)
+            seen = self._seen_from(responses[0], responses[1])
+            fresh = True
+            self._remember(service, seen)
         raise Conflict(f"{service}: too many concurrent writers; try again")
+
+    def _remember(self, service: str, seen: _Seen) -> None:
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[service] = seen
+
+    @staticmethod
+    def _seen_from(config: Any, history: Any) -> _Seen:
+        """Build the CAS copy from two range results (lists of (value, kv) pairs)."""
+        flat = json.loads(config[0][0])["flat"] if config else {}
+        commands = [Command.from_dict(c) for c in json.loads(history[0][0])] if history else []
+        return _Seen(flat, commands, config[0][1].mod_revision if config else 0,
+                     history[0][1].mod_revision if history else 0)
+
+    async def _read_config(self, config_key: bytes, history_key: bytes) -> _Seen:
+        client = await self._etcd()
+        tx = client.transactions
+        _, responses = await self._call("transaction", compare=[],
+                                        success=[tx.get(config_key), tx.get(history_key)],
+                                        failure=[])
+        return self._seen_from(responses[0], responses[1])
 
     # --- watch ---------------------------------------------------------------------------
     async def _stream(self, *, service: str | None, prefix: str | None
