@@ -76,6 +76,12 @@ class _ESDState:
             for s in np.unique(slots):
                 table[s] = np.median(centered[slots == s])
             table = np.nan_to_num(table)
+            half = self.slots // 48  # smooth over +-30 minutes of the day (circularly)
+            if half:
+                kernel = np.ones(2 * half + 1) / (2 * half + 1)
+                table = np.convolve(
+                    np.concatenate([table[-half:], table, table[:half]]), kernel, "valid"
+                )
             sig.seasonal = table
             seasonal_values = table[slots]
         rest = values - seasonal_values
@@ -106,9 +112,10 @@ class _ESDState:
                 score = esd_score(abs(value - expected) / sig.scale, sig.n)
             sig.times.append(t)
             sig.values.append(float(value))
-            if len(sig.values) >= self.d.min_points and (
-                sig.n == 0 or self.count % self.d.refit_points == 0
-            ):
+            due = (
+                sig.n == 0 or self.count % self.d.refit_points == 0 or len(sig.values) >= 2 * sig.n
+            )
+            if len(sig.values) >= self.d.min_points and due:
                 self._refit(sig)
             if score > best:
                 best, best_j = score, j

@@ -1,0 +1,195 @@
+"""Anomaly detectors: the outlier-detector contract, streaming == batch, detection quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from models.anomaly import (
+    DETECTORS,
+    CusumDetector,
+    EnsembleDetector,
+    IsolationForestDetector,
+    SeasonalHybridESD,
+    SeasonalResidualDetector,
+    WindowedGaussianDetector,
+    make_detector,
+)
+
+STEP = pd.Timedelta(minutes=5)
+
+
+def seasonal(
+    days: float, seed: int = 0, noise: float = 1.0, start: str = "2024-01-01"
+) -> pd.Series:
+    """Daily sinusoid (period 288 points) around 100 with Gaussian noise, 5-minute steps."""
+    rng = np.random.default_rng(seed)
+    n = int(days * 288)
+    index = pd.date_range(start, periods=n, freq=STEP)
+    phase = 2 * np.pi * np.arange(n) / 288
+    return pd.Series(100 + 20 * np.sin(phase) + rng.normal(0, noise, n), index=index, name="value")
+
+
+def small(name: str):
+    """Detectors with small windows so the contract tests stay quick."""
+    if name == "iforest":
+        return IsolationForestDetector(
+            window_points=300, refit_points=150, min_points=100, n_estimators=20
+        )
+    if name == "esd":
+        return SeasonalHybridESD(window_points=600, refit_points=50)
+    if name == "windowed-gaussian":
+        return WindowedGaussianDetector(window_points=400, step_points=50)
+    return make_detector(name)
+
+
+ALL = sorted(DETECTORS)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract(name: str) -> None:
+    series = seasonal(3)
+    train, test = series.iloc[:600], series.iloc[600:]
+    det = small(name)
+    with pytest.raises(NotFittedError):
+        det.score_samples(test)
+    with pytest.raises(NotFittedError):
+        det.update(test.index[0], 1.0)
+    assert det.fit(train) is det
+    assert hasattr(det, "offset_") and hasattr(det, "state_")
+    raw = det.score_samples(test)
+    assert raw.shape == (len(test),)
+    np.testing.assert_allclose(det.decision_function(test), raw - det.offset_)
+    pred = det.predict(test)
+    assert set(np.unique(pred)) <= {-1, 1}
+    np.testing.assert_array_equal(pred == -1, det.decision_function(test) < 0)
+    scores = det.anomaly_score(test)
+    assert np.all((scores >= 0) & (scores <= 1))
+    np.testing.assert_allclose(scores, -raw)
+    # parameters round-trip: __init__ only stores them
+    twin = clone(det)
+    assert twin.get_params() == det.get_params()
+    assert not hasattr(twin, "state_")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_streaming_equals_batch(name: str) -> None:
+    series = seasonal(3, seed=1)
+    series.iloc[700] += 40
+    train, test = series.iloc[:500], series.iloc[500:]
+    det = small(name).fit(train)
+    batch = det.anomaly_score(test)
+    streamed = np.array([det.update(t, v) for t, v in test.items()])
+    np.testing.assert_allclose(streamed, batch, rtol=0, atol=1e-12)
+    # and the from-scratch causal scores of the whole series agree with fit + stream too
+    whole = small(name).fit_anomaly_score(series)
+    np.testing.assert_allclose(whole[500:], batch, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_causal_future_does_not_change_past_scores(name: str) -> None:
+    series = seasonal(3, seed=2)
+    full = small(name).fit_anomaly_score(series)
+    changed = series.copy()
+    changed.iloc[650:] += 500.0
+    again = small(name).fit_anomaly_score(changed)
+    np.testing.assert_allclose(again[:650], full[:650], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "det",
+    [SeasonalResidualDetector(), SeasonalHybridESD(), EnsembleDetector(hold_points=0)],
+    ids=["residual", "esd", "ensemble"],
+)
+def test_detects_spike_with_few_false_positives(det) -> None:
+    series = seasonal(8, seed=3)
+    spike_at = 7 * 288 + 100
+    series.iloc[spike_at] += 15.0  # 15 sigma
+    scores = det.fit_anomaly_score(series)
+    assert scores[spike_at] >= det.threshold
+    clean = np.delete(scores[400:], spike_at - 400)
+    assert np.mean(clean >= det.threshold) < 0.005
+
+
+@pytest.mark.parametrize(
+    "det", [CusumDetector(), EnsembleDetector(hold_points=0)], ids=["cusum", "ensemble"]
+)
+def test_detects_level_shift(det) -> None:
+    series = seasonal(8, seed=4)
+    shift_at = 7 * 288
+    series.iloc[shift_at:] += 6.0  # 6 sigma, sustained
+    scores = det.fit_anomaly_score(series)
+    first = shift_at + int(np.argmax(scores[shift_at:] >= det.threshold))
+    assert scores[first] >= det.threshold
+    assert first - shift_at <= 12  # within an hour
+    assert np.mean(scores[400:shift_at] >= det.threshold) < 0.005
+
+
+def test_seasonal_residual_knows_the_daily_pattern() -> None:
+    """A value normal for noon but not for midnight is flagged once the days are learned."""
+    series = seasonal(8, seed=5)
+    at = 7 * 288 + 216  # trough of the sine (value ~80)
+    series.iloc[at] = 120.0  # the level of the peak, within the series' overall range
+    scores = SeasonalResidualDetector().fit_anomaly_score(series)
+    assert scores[at] >= 0.999
+
+
+def test_isolation_forest_is_multivariate() -> None:
+    """qps, error rate and latency each normal on their own, jointly unusual."""
+    rng = np.random.default_rng(6)
+    n = 1500
+    index = pd.date_range("2024-01-01", periods=n, freq="1min")
+    load = rng.uniform(0, 1, n)
+    frame = pd.DataFrame(
+        {
+            "qps": 1000 + 500 * load + rng.normal(0, 10, n),
+            "error_rate": 0.01 + rng.normal(0, 0.001, n),
+            "latency_ms": 20 + 30 * load + rng.normal(0, 1, n),
+        },
+        index=index,
+    )
+    at = 1400
+    frame.iloc[at, frame.columns.get_loc("qps")] = 1000  # low load ...
+    frame.iloc[at, frame.columns.get_loc("latency_ms")] = 50  # ... with high latency
+    det = IsolationForestDetector(window_points=1000, refit_points=200, min_points=200)
+    scores = det.fit_anomaly_score(frame)
+    assert scores[at] > np.quantile(scores[300:at], 0.99)
+    explained = IsolationForestDetector(
+        window_points=1000, refit_points=200, min_points=200
+    ).fit_explained(frame)
+    assert list(explained.columns) == ["anomaly_score", "signal", "expected"]
+    np.testing.assert_allclose(explained["anomaly_score"].to_numpy(), scores)
+
+
+def test_bad_input_is_rejected_clearly() -> None:
+    det = SeasonalResidualDetector()
+    with pytest.raises(TypeError, match="DatetimeIndex"):
+        det.fit(pd.Series([1.0, 2.0]))
+    with pytest.raises(ValueError, match="backwards"):
+        det.fit(pd.Series([1.0, 2.0], index=pd.to_datetime(["2024-01-02", "2024-01-01"])))
+    with pytest.raises(ValueError, match="empty"):
+        det.fit(pd.Series([], index=pd.DatetimeIndex([]), dtype=float))
+    with pytest.raises(ValueError, match="threshold"):
+        SeasonalResidualDetector(threshold=2.0).fit(seasonal(1))
+    with pytest.raises(ValueError, match="combine"):
+        EnsembleDetector(combine="median").fit(seasonal(1))
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("nope")
+    det.fit(seasonal(1))
+    with pytest.raises(ValueError, match="signal"):
+        det.anomaly_score(
+            pd.DataFrame({"a": [1.0], "b": [2.0]}, index=[pd.Timestamp("2030-01-01")])
+        )
+    with pytest.raises(ValueError, match="backwards"):
+        det.update(pd.Timestamp("2000-01-01"), 1.0)
+
+
+def test_nan_values_score_zero_and_do_not_break_state() -> None:
+    series = seasonal(2, seed=7)
+    series.iloc[300:310] = np.nan
+    scores = EnsembleDetector().fit_anomaly_score(series)
+    assert np.all(scores[300:310] == 0.0)
+    assert np.all(np.isfinite(scores))
