@@ -92,6 +92,18 @@ async def test_render_max_data_points_and_no_nulls(setup) -> None:  # type: igno
     assert points and all(v is not None for v, _ in points)
 
 
+async def test_render_jsonp(setup) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = setup
+    resp = await client.get("/render", params={"target": "db.a", "from": "-1min",
+                                                "jsonp": "cb.render_1"})
+    assert resp.content_type == "text/javascript"
+    assert await resp.text() == (
+        f'cb.render_1([{{"target": "db.a", "tags": {{"name": "db.a"}}, '
+        f'"datapoints": [[1.0, {NOW}]]}}])')
+    resp = await client.get("/render", params={"target": "db.a", "jsonp": "alert(1)//"})
+    assert resp.status == 400 and "jsonp" in await resp.text()
+
+
 async def test_render_csv_and_raw(setup) -> None:  # type: ignore[no-untyped-def]
     client, _, _ = setup
     resp = await client.get("/render", params={"target": "db.a", "from": "-1min",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, tzinfo
@@ -177,13 +178,24 @@ def _tree_json(nodes: list[MetricNode], base_path: str, wildcards: bool) -> list
     return results + branches + leaves
 
 
+_JSONP = re.compile(r"[A-Za-z_$][A-Za-z0-9_$.]{0,99}")
+
+
+def _jsonp(params: MultiDict[str]) -> str | None:
+    """The ``jsonp`` callback name, refused unless it is a plain (dotted) identifier."""
+    name = _last(params, "jsonp")
+    if name and _JSONP.fullmatch(name) is None:
+        raise InputParameterError(f"jsonp must be a JavaScript identifier, not {name[:100]!r}")
+    return name or None
+
+
 def _json_body(data: Any, params: MultiDict[str], *, sort_keys: bool = False,
                infinity: bool = False) -> web.Response:
     pretty = bool(_last(params, "pretty"))
     text = json.dumps(data, indent=2 if pretty else None, sort_keys=sort_keys and pretty)
     if infinity:
         text = text.replace("Infinity,", "1e9999,")
-    jsonp = _last(params, "jsonp")
+    jsonp = _jsonp(params)
     if jsonp:
         return web.Response(text=f"{jsonp}({text})", content_type="text/javascript")
     return web.Response(text=text, content_type="application/json")
@@ -244,6 +256,7 @@ def add_render_routes(app: web.Application, source: SeriesSource, metrics: Colle
         max_points = int(max_points_text) if max_points_text and max_points_text.isdigit() else None
         if max_points == 0:
             raise InputParameterError("maxDataPoints must be at least 1")
+        jsonp = _jsonp(params)
         nodes = [parse_target(t) for t in targets]
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(None, partial(
@@ -253,7 +266,6 @@ def add_render_routes(app: web.Application, source: SeriesSource, metrics: Colle
             return web.Response(text=body, content_type="text/csv")
         if fmt == "raw":
             return web.Response(text=body, content_type="text/plain")
-        jsonp = _last(params, "jsonp")
         if jsonp:
             return web.Response(text=f"{jsonp}({body})", content_type="text/javascript")
         return web.Response(text=body, content_type="application/json")
