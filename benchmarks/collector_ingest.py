@@ -191,7 +191,10 @@ def _vm_sample(vm: VictoriaMetrics, workload: Workload, names: list[str]) -> boo
     selector = '{__name__=~"' + "|".join(n.replace(".", "\\\\.") for n in names) + '"}'
     body = vm.get(
         "/api/v1/query",
-        {"query": f"sum(count_over_time({selector}[{STEP}s]))", "time": workload.last_timestamp + 1},
+        {
+            "query": f"sum(count_over_time({selector}[{STEP}s]))",
+            "time": workload.last_timestamp + 1,
+        },
     )
     result = json.loads(body)["data"]["result"]
     return bool(result) and int(float(result[0]["value"][1])) == len(names)
@@ -211,6 +214,8 @@ class Result:
     queryable_seconds: float
     lost: int
     cpu_seconds: float
+    count_queries: int = 0
+    last_count_seconds: float = 0.0
     note: str = ""
 
     @property
@@ -288,8 +293,13 @@ def run_one(
             time.sleep(0.2)
         sample_at = time.monotonic() - started
         counted = 0
+        count_queries = 0
+        last_count_seconds = 0.0
         while time.monotonic() < deadline:
+            count_started = time.monotonic()
             counted = total()
+            count_queries += 1
+            last_count_seconds = time.monotonic() - count_started
             if counted >= workload.total_points:
                 break
             time.sleep(0.5)
@@ -301,9 +311,21 @@ def run_one(
             queryable_at = 0.0
         counts = per_metric()
         expected = workload.points_per_metric
-        lost = sum(max(0, expected - counts.get(workload.name(i), 0)) for i in range(workload.metrics))
-    return Result(server_name, workload.total_points, sent_at, sample_at, queryable_at, lost,
-                  cpu_used, note)
+        lost = sum(
+            max(0, expected - counts.get(workload.name(i), 0)) for i in range(workload.metrics)
+        )
+    return Result(
+        server_name,
+        workload.total_points,
+        sent_at,
+        sample_at,
+        queryable_at,
+        lost,
+        cpu_used,
+        count_queries,
+        last_count_seconds,
+        note,
+    )
 
 
 def _managers(root: Path) -> dict[str, Callable[[], AbstractContextManager[Server]]]:
@@ -326,15 +348,18 @@ def print_table(results: list[Result]) -> None:
     """The summary table (markdown, ready for docs/benchmarks.md)."""
     by_name = {r.server: r for r in results}
     print()
-    print("| server | points | sent in s | last points visible s | all queryable s "
-          "| points/s | lost | CPU s | vs carbon | vs VM |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| server | points | sent in s | last points visible s | all queryable s "
+        "| count queries (last took s) | points/s | lost | CPU s | vs carbon | vs VM |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         throughput = f"{r.throughput:,.0f}" if r.throughput else f"- ({r.note})"
         queryable = f"{r.queryable_seconds:.1f}" if r.queryable_seconds else "-"
         print(
             f"| {r.server} | {r.points:,} | {r.send_seconds:.1f} | {r.sample_seconds:.1f} "
-            f"| {queryable} | {throughput} | {r.lost:,} | {r.cpu_seconds:.1f} "
+            f"| {queryable} | {r.count_queries} ({r.last_count_seconds:.1f}) "
+            f"| {throughput} | {r.lost:,} | {r.cpu_seconds:.1f} "
             f"| {_ratio(r, by_name.get('carbon'))} | {_ratio(r, by_name.get('vm'))} |"
         )
 
@@ -344,10 +369,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, default=1_000_000, help="points in all")
     parser.add_argument("--metrics", type=int, default=10_000, help="distinct metrics")
     parser.add_argument("--connections", type=int, default=4, help="TCP connections")
-    parser.add_argument("--only", action="append", choices=SERVERS,
-                        help="run only this server (repeatable); default all three")
-    parser.add_argument("--timeout", type=float, default=1200.0,
-                        help="seconds to wait for all points to be queryable per server")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SERVERS,
+        help="run only this server (repeatable); default all three",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds to wait for all points to be queryable per server",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     for name in ("points", "metrics", "connections"):
@@ -368,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         connections=args.connections,
         first_timestamp=now - (per_metric + 6) * STEP,
     )
-    print(f"building {workload.total_points:,} points over {workload.metrics:,} metrics "
-          f"on {workload.connections} connections ...", flush=True)
+    print(
+        f"building {workload.total_points:,} points over {workload.metrics:,} metrics "
+        f"on {workload.connections} connections ...",
+        flush=True,
+    )
     payloads = workload.payloads()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="tidemark-bench-") as tmp:
@@ -377,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only or list(SERVERS):
             print(f"{name}: running ...", flush=True)
             try:
-                result = run_one(name, managers[name](), workload, payloads,
-                                 timeout_seconds=args.timeout)
+                result = run_one(
+                    name, managers[name](), workload, payloads, timeout_seconds=args.timeout
+                )
             except PeerUnavailable as exc:
                 print(f"{name}: skipped: {exc}", flush=True)
                 continue
@@ -386,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     print_table(results)
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ | {"throughput": r.throughput}
-                                         for r in results], indent=2))
+        args.json.write_text(
+            json.dumps([r.__dict__ | {"throughput": r.throughput} for r in results], indent=2)
+        )
     return 0
 
 
