@@ -220,3 +220,11 @@ async def test_does_not_claim_metrics_path(setup) -> None:  # type: ignore[no-un
     client, _, _ = setup
     resp = await client.get("/metrics")
     assert resp.status == 404
+
+
+async def test_version_answers_the_graphite_release_we_follow(
+        setup: tuple[TestClient, CollectorMetrics, MemorySource]) -> None:
+    client, _, _ = setup
+    resp = await client.get("/version")
+    assert resp.status == 200
+    assert (await resp.text()) == "1.1.8"

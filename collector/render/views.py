@@ -201,6 +201,9 @@ def _json_body(data: Any, params: MultiDict[str], *, sort_keys: bool = False,
     return web.Response(text=text, content_type="application/json")
 
 
+GRAPHITE_VERSION = "1.1.8"  # the graphite-web release whose API this one follows
+
+
 def add_render_routes(app: web.Application, source: SeriesSource, metrics: CollectorMetrics, *,
                       max_series: int = 10_000, max_body_bytes: int = 1 << 20,
                       clock: Callable[[], float] = time.time) -> None:
@@ -349,7 +352,12 @@ def add_render_routes(app: web.Application, source: SeriesSource, metrics: Colle
                     result[fname] = info
         return _json_body(result, params, sort_keys=True, infinity=True)
 
+    async def version(request: web.Request) -> web.Response:
+        # Grafana's Graphite data source asks this to choose its dialect (1.1: /functions).
+        return web.Response(text=GRAPHITE_VERSION)
+
     routes = [
+        ("/version", version),
         ("/render", instrument("render", render)),
         ("/metrics/find", instrument("find", find)),
         ("/metrics/index.json", instrument("index", index)),
