@@ -10,6 +10,7 @@ from pathlib import Path
 
 import whisper
 
+from collector.storage import fastwhisper
 from collector.storage.schemas import AggregationRule, StorageSchema
 
 __all__ = [
@@ -92,7 +93,7 @@ class WhisperTree:
     def write(self, file_path: str, points: Iterable[tuple[int, float]], now: int) -> int:
         """Write points (last value wins per timestamp); returns how many were given."""
         latest = dict(points)
-        whisper.update_many(file_path, list(latest.items()), now=now)
+        fastwhisper.update_many(file_path, list(latest.items()), now=now)
         return len(latest)
 
 
