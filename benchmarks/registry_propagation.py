@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from registry.client import open_registry  # noqa: E402
 from tests.peers.etcd import EtcdPeer, etcd_binary  # noqa: E402
-from tests.peers.process import free_port  # noqa: E402
+from tests.peers.process import free_port, process_tree_cpu_seconds  # noqa: E402
 
 SERVICE = "bench-propagation"
 RAW_KEY = b"/bench/raw/config"
@@ -126,7 +126,7 @@ def _worker(kind: str, url: str, token: str | None, count: int, conn: Any, ready
 
 # --- the writer --------------------------------------------------------------------------
 async def _run(kind: str, url: str, token: str | None, watchers: int, writes: int,
-               workers: int) -> dict[str, Any]:
+               workers: int, server_pid: int | None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     per = [watchers // workers + (1 if i < watchers % workers else 0) for i in range(workers)]
     pipes, procs, readies = [], [], []
@@ -155,6 +155,12 @@ async def _run(kind: str, url: str, token: str | None, watchers: int, writes: in
             raise RuntimeError(f"{kind}: watchers did not start")
     latencies, write_seconds = [], []
     loop = asyncio.get_running_loop()
+
+    def cpu() -> tuple[float, float]:
+        watchers_cpu = sum(process_tree_cpu_seconds(p.pid) for p in procs if p.pid)
+        return (watchers_cpu, process_tree_cpu_seconds(server_pid) if server_pid else 0.0)
+
+    cpu_before = cpu()
     try:
         for i in range(1, writes + 1):
             seq = (i - 1) % 499 + 1  # 1..499, never the initial 500
@@ -174,6 +180,7 @@ async def _run(kind: str, url: str, token: str | None, watchers: int, writes: in
                         last = max(last, at)
                         break
             latencies.append(last - start)
+        cpu_after = cpu()
     finally:
         for proc in procs:
             if proc.pid is not None:
@@ -195,7 +202,9 @@ async def _run(kind: str, url: str, token: str | None, watchers: int, writes: in
             "p50_ms": round(pct(50), 2), "p90_ms": round(pct(90), 2),
             "p99_ms": round(pct(99), 2), "max_ms": round(ms[-1], 2),
             "mean_ms": round(statistics.fmean(ms), 2),
-            "write_call_p50_ms": round(statistics.median(write_seconds) * 1000, 2)}
+            "write_call_p50_ms": round(statistics.median(write_seconds) * 1000, 2),
+            "watchers_cpu_ms_per_write": round((cpu_after[0] - cpu_before[0]) * 1000 / writes, 2),
+            "server_cpu_ms_per_write": round((cpu_after[1] - cpu_before[1]) * 1000 / writes, 2)}
 
 
 def _start_embedded(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -234,7 +243,7 @@ def main() -> int:
         if "embedded" in kinds:
             embedded, url, token = _start_embedded(tmp)
             results.append(asyncio.run(_run("embedded", url, token, args.watchers, args.writes,
-                                            args.workers)))
+                                            args.workers, embedded.pid)))
             print(json.dumps(results[-1]), flush=True)
             embedded.send_signal(signal.SIGTERM)
             embedded.wait(30)
@@ -248,8 +257,9 @@ def main() -> int:
                 etcd.start()
                 for kind in ("etcd", "raw-etcd"):
                     if kind in kinds:
+                        pid = etcd.process.pid if etcd.process else None
                         results.append(asyncio.run(_run(kind, etcd.url, None, args.watchers,
-                                                        args.writes, args.workers)))
+                                                        args.writes, args.workers, pid)))
                         print(json.dumps(results[-1]), flush=True)
     finally:
         if embedded is not None and embedded.poll() is None:

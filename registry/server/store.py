@@ -58,6 +58,7 @@ class RegistryStore:
         self._db: sqlite3.Connection | None = None
         self._services: dict[str, _Service] = {}
         self.revision = 0
+        self._encoded: dict[str, tuple[bytes, int]] = {}
         self.on_change: Callable[[], None] = lambda: None
 
     def open(self) -> None:
@@ -96,6 +97,21 @@ class RegistryStore:
         """Revision of the service's last change (0 if it never changed)."""
         state = self._services.get(service)
         return state.revision if state else 0
+
+    def snapshot_json(self, service: str) -> tuple[bytes, int]:
+        """The snapshot as JSON bytes and its revision, built once per revision.
+
+        A write wakes every long poll on the service; they all share this one encoding.
+        """
+        revision = self.service_revision(service)
+        cached = self._encoded.get(service)
+        if cached is not None and cached[1] == revision:
+            return cached
+        body = json.dumps(self.snapshot(service).to_dict(), separators=(",", ":")).encode()
+        if len(self._encoded) > 4096:
+            self._encoded.clear()
+        self._encoded[service] = (body, revision)
+        return body, revision
 
     def snapshot(self, service: str) -> Snapshot:
         """The service's nodes and config at its current revision."""

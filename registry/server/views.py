@@ -101,9 +101,9 @@ async def get_service(request: web.Request) -> web.Response:
     index, wait = _long_poll_args(request)
     server = _server(request)
     await server.wait_for(lambda: server.store.service_revision(service) > index, wait)
-    snapshot = server.store.snapshot(service)
-    return web.json_response(snapshot.to_dict(),
-                             headers={"X-Registry-Index": str(snapshot.revision)})
+    body, revision = server.store.snapshot_json(service)
+    return web.Response(body=body, content_type="application/json",
+                        headers={"X-Registry-Index": str(revision)})
 
 
 async def watch_prefix(request: web.Request) -> web.Response:
