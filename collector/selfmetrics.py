@@ -8,7 +8,8 @@ __all__ = ["CollectorMetrics", "REJECT_REASONS"]
 
 # Every reason a point or frame may be rejected; each is a label value on points_rejected.
 REJECT_REASONS = (
-    "field_count", "missing_timestamp", "bad_value", "non_finite", "bad_timestamp", "future_timestamp",
+    "field_count", "missing_timestamp", "bad_value", "non_finite", "bad_timestamp",
+    "future_timestamp",
     "too_old", "line_too_long", "bad_path", "invalid_utf8", "frame_too_large",
     "bad_pickle", "forbidden_pickle", "cardinality", "bad_statsd",
 )

@@ -44,6 +44,7 @@ class SeriesSource(Protocol):
         """Nodes matching a Graphite glob (``*``, ``?``, ``[a-z]``, ``{a,b}``), sorted by path."""
         ...
 
-    def fetch(self, path: str, start: int, end: int, now: int | None = None) -> FetchedSeries | None:
+    def fetch(self, path: str, start: int, end: int,
+              now: int | None = None) -> FetchedSeries | None:
         """Values of leaf ``path`` in [start, end), archive chosen as graphite-web does."""
         ...

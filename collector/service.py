@@ -75,9 +75,7 @@ class CollectorService:
                 site = web.TCPSite(self._runner, self.config.host, self.config.http_port,
                                    reuse_address=True)
                 await site.start()
-                server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
-                if server is not None and server.sockets:  # type: ignore[union-attr]
-                    self.ports["http"] = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                self.ports["http"] = int(self._runner.addresses[0][1])
             await self.ingest.start()
             self.ports.update(self.ingest.ports)
         except BaseException:

@@ -14,8 +14,8 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from collector.config import CollectorConfig
 from collector.ingest.intake import Intake
@@ -118,7 +118,7 @@ class IngestServer:
             for protocol in self._streams:
                 protocol.pause()
             if self._udp is not None:
-                self._udp.pause_reading()
+                self._udp.pause_reading()  # type: ignore[attr-defined]
             self._tasks.append(self._spawn(self._resume_when_drained(), "resume"))
 
     @property
@@ -135,7 +135,7 @@ class IngestServer:
         for protocol in self._streams:
             protocol.resume()
         if self._udp is not None and not self._stopped:
-            self._udp.resume_reading()
+            self._udp.resume_reading()  # type: ignore[attr-defined]
 
     # -- connections ------------------------------------------------------------------
     def register(self, protocol: _StreamProtocol) -> bool:
@@ -199,9 +199,8 @@ class IngestServer:
         if points:
             self.intake.values(points, start, "statsd")
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(f"collector-{name}")
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"collector-{name}")
         task.add_done_callback(_log_crash)
         return task
 
@@ -224,12 +223,12 @@ class _StreamProtocol(asyncio.Protocol):
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self.last_activity = asyncio.get_running_loop().time()
         if not self.server.register(self):
-            transport.abort()
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = asyncio.get_running_loop().time()
