@@ -101,7 +101,7 @@ class _SeriesState:
 
 
 def _hour_of_week(ts: pd.Timestamp) -> int:
-    return int(ts.dayofweek) * 24 + int(ts.hour)
+    return int(ts.day_of_week) * 24 + int(ts.hour)
 
 
 class AlertPolicy:
