@@ -8,3 +8,26 @@ future timestamps; anomaly detectors follow the outlier-detector contract
 from __future__ import annotations
 
 __all__: list[str] = []
+
+# anomaly detection (models/anomaly, models/nab.py)
+from models.anomaly import (  # noqa: E402
+    AlertPolicy,
+    AlertPolicyConfig,
+    CusumDetector,
+    EnsembleDetector,
+    IsolationForestDetector,
+    SeasonalHybridESD,
+    SeasonalResidualDetector,
+    WindowedGaussianDetector,
+)
+
+__all__ += [
+    "AlertPolicy",
+    "AlertPolicyConfig",
+    "CusumDetector",
+    "EnsembleDetector",
+    "IsolationForestDetector",
+    "SeasonalHybridESD",
+    "SeasonalResidualDetector",
+    "WindowedGaussianDetector",
+]
