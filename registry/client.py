@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,34 +156,39 @@ class Watch:
         backoff = 0.05
         cache = self._client.cache
         first = True
+        timer: asyncio.TimerHandle | None = None
+
+        def on_snapshot(snapshot: Snapshot) -> None:
+            nonlocal first, backoff, timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+            if not self.connected:
+                self.connected = True
+                if not first:
+                    log.info("registry watch reconnected",
+                             extra={"service": self._service, "prefix": self._prefix,
+                                    "revision": snapshot.revision})
+                first = False
+                backoff = 0.05
+            if cache is not None:
+                cache.save(snapshot)
+            self._offer(snapshot)
+
         while not self._closed:
-            timer: asyncio.TimerHandle | None = None
             if first and cache is not None:
                 timer = asyncio.get_running_loop().call_later(
                     self._initial_wait, self._serve_cache, cache)
             try:
-                async for snapshot in self._client._stream(service=self._service,
-                                                            prefix=self._prefix):
-                    if timer is not None:
-                        timer.cancel()
-                        timer = None
-                    if not self.connected:
-                        self.connected = True
-                        if not first:
-                            log.info("registry watch reconnected",
-                                     extra={"service": self._service, "prefix": self._prefix,
-                                            "revision": snapshot.revision})
-                        first = False
-                        backoff = 0.05
-                    if cache is not None:
-                        cache.save(snapshot)
-                    self._offer(snapshot)
+                await self._client._follow(service=self._service, prefix=self._prefix,
+                                           emit=on_snapshot)
                 raise RegistryUnavailable("watch stream ended")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any backend failure means reconnect
                 if timer is not None:
                     timer.cancel()
+                    timer = None
                 if self._closed:
                     return
                 if self.connected or first:
@@ -275,7 +280,7 @@ class Registration:
 class BaseClient:
     """Shared parts: watches, fail static, registrations and command shortcuts.
 
-    Backends implement ``_stream``, ``_register_once``, ``_heartbeat``,
+    Backends implement ``_follow``, ``_register_once``, ``_heartbeat``,
     ``_deregister_handle``, ``_fetch_snapshot``, ``services``, ``history`` and ``command``.
     """
 
@@ -303,7 +308,10 @@ class BaseClient:
             await watch.aclose()
 
     # --- backend hooks -------------------------------------------------------------------
-    def _stream(self, *, service: str | None, prefix: str | None) -> AsyncIterator[Snapshot]:
+    async def _follow(self, *, service: str | None, prefix: str | None,
+                      emit: Callable[[Snapshot], None]) -> None:
+        """Call ``emit`` with the current snapshot(s), then after every change, until the
+        connection fails (raise) or the task is cancelled."""
         raise NotImplementedError
 
     async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,61 +297,48 @@ class EtcdRegistryClient(BaseClient):
         return self._seen_from(responses[0], responses[1])
 
     # --- watch ---------------------------------------------------------------------------
-    async def _stream(self, *, service: str | None, prefix: str | None
-                      ) -> AsyncIterator[Snapshot]:
+    async def _follow(self, *, service: str | None, prefix: str | None,
+                      emit: Callable[[Snapshot], None]) -> None:
         key_prefix = (self._service_prefix(service) if service is not None
                       else f"{self._root}services/{prefix or ''}")
         states, revision = await self._read(key_prefix)
         if service is not None:
             states.setdefault(service, _ServiceState())
         for name in sorted(states):
-            yield states[name].snapshot(name, revision)
+            emit(states[name].snapshot(name, revision))
         client = await self._etcd()
         try:
             watch = await client.watch_prefix(key_prefix.encode(), start_revision=revision + 1)
         except Exception as exc:  # noqa: BLE001
             raise await self._failed(client, exc) from exc
         dirty: dict[str, int] = {}
-        failure: list[BaseException] = []
-        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
-        async def consume() -> None:
-            # Events of one watch response are queued together and read here without a
-            # suspension in between, so `dirty` is published only at response boundaries.
-            try:
-                async for event in watch:
-                    parsed = self._parse_key(event.kv.key)
-                    if parsed is None:
-                        continue
-                    name, rest = parsed
-                    value = event.kv.value if event.kind == "PUT" else None
-                    self._apply(states.setdefault(name, _ServiceState()), rest, value,
-                                event.kv.mod_revision)
-                    dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
-                    wake.set()
-                failure.append(RegistryUnavailable("etcd watch ended"))
-            except Exception as exc:  # noqa: BLE001
-                failure.append(exc)
-            wake.set()
+        def publish() -> None:
+            for name, rev in sorted(dirty.items()):
+                emit(states[name].snapshot(name, rev))
+            dirty.clear()
 
-        task = asyncio.get_running_loop().create_task(consume())
         try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                ready = [states[name].snapshot(name, rev) for name, rev in sorted(dirty.items())]
-                dirty.clear()
-                for snapshot in ready:
-                    yield snapshot
-                if failure and not dirty:
-                    raise await self._failed(client, failure[0])
+            # aetcd queues all events of one watch response before this task runs again,
+            # and this loop reads a non-empty queue without suspending; `publish` is a
+            # call_soon callback, so it runs only after the whole response was applied.
+            async for event in watch:
+                parsed = self._parse_key(event.kv.key)
+                if parsed is None:
+                    continue
+                name, rest = parsed
+                value = event.kv.value if event.kind == "PUT" else None
+                self._apply(states.setdefault(name, _ServiceState()), rest, value,
+                            event.kv.mod_revision)
+                if not dirty:
+                    loop.call_soon(publish)
+                dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
+        except Exception as exc:  # noqa: BLE001
+            raise await self._failed(client, exc) from exc
         finally:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
             try:
                 await asyncio.wait_for(watch.cancel(), 1.0)
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        raise await self._failed(client, RegistryUnavailable("etcd watch ended"))

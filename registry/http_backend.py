@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -124,8 +123,8 @@ class HttpRegistryClient(BaseClient):
                                          "why": why})
         return Command.from_dict(data)
 
-    async def _stream(self, *, service: str | None, prefix: str | None
-                      ) -> AsyncIterator[Snapshot]:
+    async def _follow(self, *, service: str | None, prefix: str | None,
+                      emit: Callable[[Snapshot], None]) -> None:
         index = 0
         wait = "0s"
         timeout = self._wait + self._timeout
@@ -136,7 +135,7 @@ class HttpRegistryClient(BaseClient):
                                            timeout_seconds=timeout)
                 snapshot = Snapshot.from_dict(data)
                 if snapshot.revision > index or wait == "0s":
-                    yield snapshot
+                    emit(snapshot)
                 index = max(index, snapshot.revision)
             else:
                 data = await self._request("GET", "/v1/watch",
@@ -144,7 +143,6 @@ class HttpRegistryClient(BaseClient):
                                                    "wait": wait},
                                            timeout_seconds=timeout)
                 for item in data["snapshots"]:
-                    yield Snapshot.from_dict(item)
+                    emit(Snapshot.from_dict(item))
                 index = max(index, int(data["revision"]))
             wait = f"{self._wait:g}s"
-            await asyncio.sleep(0)
