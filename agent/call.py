@@ -1,0 +1,91 @@
+"""What flows through the filter chain: a :class:`Call` in, a :class:`Reply` out.
+
+Errors a filter may raise on purpose::
+
+    UpstreamError          a call to one node failed (``error_class`` says how)
+    └── NodeUnavailable    the node was not tried at all (its breaker is open)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from agent.balancer import Endpoint
+
+__all__ = ["Call", "Reply", "Next", "Filter", "UpstreamError", "NodeUnavailable",
+           "error_reply", "IDEMPOTENT_METHODS"]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+class UpstreamError(Exception):
+    """A call to a node failed: ``error_class`` is ``connection`` or ``timeout``.
+
+    ``sent`` is False when the request surely never reached the node (connect failed),
+    which makes it safe to send elsewhere whatever the method.
+    """
+
+    def __init__(self, error_class: str, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.sent = sent
+
+
+class NodeUnavailable(UpstreamError):
+    """The node was skipped without sending anything (breaker open)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("connection", message, sent=False)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer to the caller."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class Call:
+    """One inbound call and what the filters learned about it."""
+
+    service: str
+    method: str
+    path_qs: str  # path and query to send upstream
+    headers: Mapping[str, str]
+    body: bytes
+    caller: str | None = None
+    node: Endpoint | None = None
+    error: str | None = None  # error class, set by whoever knows
+    skip_metrics: bool = False  # degraded or rejected: the service was not called
+    attempts: int = 0
+    backup_sent: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def for_node(self, node: Endpoint) -> Call:
+        """A copy for one attempt at ``node``."""
+        return replace(self, node=node, error=None)
+
+
+Next = Callable[[Call], Awaitable[Reply]]
+
+
+class Filter(Protocol):
+    """One link of the chain: do something around ``next_`` (or answer without it)."""
+
+    name: str
+
+    async def handle(self, call: Call, next_: Next) -> Reply: ...
+
+
+def error_reply(status: int, message: str, **headers: str) -> Reply:
+    """A JSON error answer whose body names the problem."""
+    import json
+
+    return Reply(status, {"Content-Type": "application/json", **headers},
+                 json.dumps({"error": message}).encode())

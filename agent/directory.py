@@ -1,0 +1,120 @@
+"""What the agent knows about services from the registry, kept current by watches.
+
+Each service the agent routes to gets a watch on first use (at most ``max_services``);
+every snapshot replaces the service's :class:`ServiceView` at once, so node changes,
+weights and degrade switches take effect as soon as the registry delivers them. The
+registry client's fail-static cache keeps the last snapshot on disk: after a restart
+with the registry unreachable, the agent serves from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent.balancer import Endpoint, effective_endpoints
+from registry.client import BaseClient
+from registry.model import Snapshot
+
+__all__ = ["ServiceView", "ServiceDirectory", "TooManyServices"]
+
+log = logging.getLogger("tidemark.agent.directory")
+
+
+class TooManyServices(Exception):
+    """More distinct services were asked for than ``max_services``."""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """One service as the agent routes to it."""
+
+    snapshot: Snapshot
+    endpoints: tuple[Endpoint, ...]
+    received_at: float  # epoch seconds
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> ServiceView:
+        return cls(snapshot, effective_endpoints(snapshot), time.time())
+
+
+class ServiceDirectory:
+    """Views of the services watched so far; ``stop`` closes every watch (idempotent)."""
+
+    def __init__(self, client: BaseClient, *, max_services: int = 256,
+                 first_snapshot_wait_seconds: float = 2.0) -> None:
+        self._client = client
+        self._max_services = max_services
+        self._first_wait = first_snapshot_wait_seconds
+        self._views: dict[str, ServiceView] = {}
+        self._first: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.changes: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self._stopped = False
+
+    def current(self, service: str) -> ServiceView | None:
+        """The latest view of ``service`` (None before its first snapshot)."""
+        return self._views.get(service)
+
+    def services(self) -> list[str]:
+        return sorted(self._tasks)
+
+    async def view(self, service: str) -> ServiceView | None:
+        """The view of ``service``, starting its watch and waiting for a first snapshot."""
+        view = self._views.get(service)
+        if view is not None:
+            return view
+        self.watch(service)
+        try:
+            await asyncio.wait_for(self._first[service].wait(), self._first_wait)
+        except TimeoutError:
+            pass
+        return self._views.get(service)
+
+    def watch(self, service: str) -> None:
+        """Start watching ``service`` unless already watched."""
+        if self._stopped:
+            raise RuntimeError("directory stopped")
+        if service in self._tasks:
+            return
+        if len(self._tasks) >= self._max_services:
+            raise TooManyServices(f"the agent routes to at most {self._max_services} services")
+        self._first[service] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._follow(service))
+        task.add_done_callback(functools.partial(self._done, service))
+        self._tasks[service] = task
+
+    def _done(self, service: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("watch of a service failed", extra={"service": service},
+                      exc_info=task.exception())
+            self._tasks.pop(service, None)  # the next call starts it again
+
+    async def _follow(self, service: str) -> None:
+        async with self._client.watch(service) as watch:
+            async for snapshot in watch:
+                previous = self._views.get(service)
+                self._views[service] = ServiceView.of(snapshot)
+                self._first[service].set()
+                if previous is None or previous.snapshot.config != snapshot.config:
+                    self.changes.append({
+                        "at": time.time(), "service": service, "revision": snapshot.revision,
+                        "from_cache": snapshot.from_cache,
+                        "config": snapshot.config.to_dict()})
+                log.info("service snapshot", extra={
+                    "service": service, "revision": snapshot.revision,
+                    "nodes": len(snapshot.nodes), "from_cache": snapshot.from_cache,
+                    "degraded": snapshot.config.degraded is not None})
+
+    async def stop(self) -> None:
+        self._stopped = True
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

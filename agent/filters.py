@@ -1,0 +1,446 @@
+"""The filter chain: built-in filters, user filters by import path, and running the chain.
+
+Default order (``AgentConfig.filters``): ``access_log``, ``metrics``, ``switcher``,
+``active_limit``, ``failover``, ``circuit_breaker``. Filters before ``failover`` see the
+whole call once; ``failover`` picks a node for each attempt and runs the rest of the chain
+per attempt, so node-level filters (``circuit_breaker``) come after it. A user filter is
+named ``package.module:ClassName``; its constructor takes the :class:`FilterContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter
+
+from agent.balancer import Balancer, Endpoint, make_balancer
+from agent.breaker import CircuitBreaker
+from agent.call import (
+    IDEMPOTENT_METHODS,
+    Call,
+    Filter,
+    Next,
+    NodeUnavailable,
+    Reply,
+    UpstreamError,
+    error_reply,
+)
+from agent.config import BUILTIN_FILTERS, AgentConfig
+from agent.recorder import Recorder
+from agent.sketch import LogHistogram
+
+__all__ = ["FilterContext", "AgentMetrics", "build_chain", "run_chain", "AccessLogFilter",
+           "MetricsFilter", "SwitcherFilter", "ActiveLimitFilter", "FailoverFilter",
+           "CircuitBreakerFilter", "DegradeState"]
+
+access_log = logging.getLogger("tidemark.agent.access")
+
+
+class AgentMetrics:
+    """The agent's own Prometheus metrics (on its /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.degraded = Counter("tidemark_agent_degraded_total",
+                                "Calls answered with the fallback of a degraded service",
+                                ["service"], registry=registry)
+        self.rejected = Counter("tidemark_agent_rejected_total",
+                                "Calls rejected with 429 by the active limit", ["service"],
+                                registry=registry)
+        self.backups = Counter("tidemark_agent_backup_requests_total",
+                               "Backup (hedged) requests sent", ["service"], registry=registry)
+        self.failovers = Counter("tidemark_agent_failovers_total",
+                                 "Attempts moved to another node after a failure", ["service"],
+                                 registry=registry)
+        self.upstream_errors = Counter("tidemark_agent_upstream_errors_total",
+                                       "Failed attempts by error class", ["service", "error"],
+                                       registry=registry)
+        self.breaker_opened = Counter("tidemark_agent_breaker_opened_total",
+                                      "Times a node's circuit breaker opened", ["service"],
+                                      registry=registry)
+        self.bad_requests = Counter("tidemark_agent_bad_requests_total",
+                                    "Requests refused as malformed or too large", ["reason"],
+                                    registry=registry)
+
+
+@dataclass(frozen=True)
+class DegradeState:
+    """What the switcher needs to know about a service right now."""
+
+    degraded: bool
+    reason: str = ""
+    fallback_status: int = 503
+    switches: tuple[tuple[str, bool], ...] = ()
+
+
+@dataclass
+class FilterContext:
+    """Shared state the filters are built with."""
+
+    config: AgentConfig
+    recorder: Recorder
+    metrics: AgentMetrics
+    endpoints_for: Callable[[str], Sequence[Endpoint]]
+    degrade_state: Callable[[str], DegradeState | None]
+    node_name: str | None = None  # server side: the node the metrics are reported for
+    active_per_node: dict[str, int] = field(default_factory=dict)
+    breakers: dict[tuple[str, str], CircuitBreaker] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+
+
+class AccessLogFilter:
+    """One JSON log line per call: method, path, status, ms, node, error."""
+
+    name = "access_log"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        reply = await next_(call)
+        access_log.info("call", extra={
+            "service": call.service, "method": call.method, "path": call.path_qs[:200],
+            "status": reply.status, "ms": round((time.perf_counter() - call.started) * 1000, 3),
+            "node": call.node.id if call.node else None, "error": call.error,
+            "attempts": call.attempts, "backup": call.backup_sent})
+        return reply
+
+
+class MetricsFilter:
+    """Records every call that reached the service into the recorder."""
+
+    name = "metrics"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        started = time.perf_counter()
+        try:
+            reply = await next_(call)
+        except Exception:
+            self._record(call, started, call.error or "5xx")
+            raise
+        if not call.skip_metrics:
+            self._record(call, started, call.error or ("5xx" if reply.status >= 500 else None))
+        return reply
+
+    def _record(self, call: Call, started: float, error: str | None) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if self._ctx.node_name is not None:
+            self._ctx.recorder.record(call.service, latency_ms, error, node=self._ctx.node_name)
+        else:
+            self._ctx.recorder.record(call.service, latency_ms, error,
+                                      caller=call.caller or self._ctx.config.service)
+
+
+class SwitcherFilter:
+    """Degraded services are not called: the fallback answers at once.
+
+    Named switches of the service are passed upstream in ``X-Tidemark-Switches``.
+    """
+
+    name = "switcher"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        state = self._ctx.degrade_state(call.service)
+        if state is not None and state.degraded:
+            call.skip_metrics = True
+            self._ctx.metrics.degraded.labels(call.service).inc()
+            config = self._ctx.config
+            reason = "".join(c if c.isprintable() else " " for c in state.reason)[:200] or "yes"
+            headers = {"X-Tidemark-Degraded": reason}
+            if config.degraded_body:
+                headers["Content-Type"] = config.degraded_content_type
+                return Reply(state.fallback_status, headers, config.degraded_body.encode())
+            return error_reply(state.fallback_status,
+                               f"service {call.service} is degraded: {reason}", **headers)
+        if state is not None and state.switches:
+            call.headers = {**call.headers, "X-Tidemark-Switches": ",".join(
+                f"{name}={'on' if on else 'off'}" for name, on in state.switches)}
+        return await next_(call)
+
+
+class ActiveLimitFilter:
+    """At most ``max_active`` calls in flight; the excess gets 429 and is counted."""
+
+    name = "active_limit"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+        self.active = 0
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        limit = self._ctx.config.max_active
+        if self.active >= limit:
+            call.skip_metrics = True
+            self._ctx.metrics.rejected.labels(call.service).inc()
+            return error_reply(429, f"too many concurrent calls (max_active={limit})")
+        self.active += 1
+        try:
+            return await next_(call)
+        finally:
+            self.active -= 1
+
+
+class _Rolling:
+    """Latencies and request/backup counts over the last two windows of a service."""
+
+    def __init__(self, window_seconds: float, clock: Callable[[], float]) -> None:
+        self._window = window_seconds
+        self._clock = clock
+        self._started = clock()
+        self.current = LogHistogram()
+        self.previous = LogHistogram()
+        self.requests = [0, 0]  # previous, current
+        self.backups = [0, 0]
+
+    def roll(self) -> None:
+        now = self._clock()
+        if now - self._started >= self._window:
+            stale = now - self._started >= 2 * self._window
+            self.previous = LogHistogram() if stale else self.current
+            self.current = LogHistogram()
+            self.requests = [0 if stale else self.requests[1], 0]
+            self.backups = [0 if stale else self.backups[1], 0]
+            self._started = now
+
+    def p90_ms(self, min_samples: int) -> float | None:
+        merged = LogHistogram()
+        merged.merge(self.previous)
+        merged.merge(self.current)
+        return merged.quantile(0.9) if merged.count >= min_samples else None
+
+    def backup_allowed(self, ratio: float) -> bool:
+        return sum(self.backups) + 1 <= ratio * sum(self.requests)
+
+
+class FailoverFilter:
+    """Picks a node per attempt; fails over on connection errors; sends backup requests.
+
+    A call whose first attempt has not answered after the service's live p90 (over the
+    last 10-20 s, once ``backup_min_samples`` calls were seen) gets one backup attempt at
+    another node, if backups stay within ``backup_budget_ratio`` of the calls (15 %);
+    the first good answer wins and the other attempt is cancelled. Only idempotent methods
+    are retried after the request was sent, or hedged.
+    """
+
+    name = "failover"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+        self._balancers: dict[str, Balancer] = {}
+        self._rolling: dict[str, _Rolling] = {}
+
+    def _balancer(self, service: str) -> Balancer:
+        balancer = self._balancers.get(service)
+        if balancer is None:
+            balancer = make_balancer(self._ctx.config.load_balancer, self._ctx.active_per_node)
+            self._balancers[service] = balancer
+        return balancer
+
+    def rolling(self, service: str) -> _Rolling:
+        rolling = self._rolling.get(service)
+        if rolling is None:
+            rolling = _Rolling(10.0, self._ctx.clock)
+            self._rolling[service] = rolling
+        rolling.roll()
+        return rolling
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        config = self._ctx.config
+        endpoints = self._ctx.endpoints_for(call.service)
+        if not endpoints:
+            call.error = "connection"
+            return error_reply(503, f"no available node for service {call.service}")
+        rolling = self.rolling(call.service)
+        rolling.requests[1] += 1
+        balancer = self._balancer(call.service)
+        idempotent = call.method in IDEMPOTENT_METHODS
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        for attempt in range(config.max_attempts):
+            node = balancer.pick(endpoints, tried)
+            if node is None:
+                break
+            tried.add(node.id)
+            if attempt:
+                self._ctx.metrics.failovers.labels(call.service).inc()
+            try:
+                if (attempt == 0 and idempotent and config.backup_requests
+                        and len(endpoints) > 1):
+                    reply, used = await self._hedged(call, node, endpoints, tried, next_,
+                                                     rolling, balancer)
+                else:
+                    reply, used = await self._attempt(call, node, next_)
+            except UpstreamError as exc:
+                last = exc
+                if not isinstance(exc, NodeUnavailable):
+                    self._ctx.metrics.upstream_errors.labels(call.service,
+                                                             exc.error_class).inc()
+                if not exc.sent or (idempotent and exc.error_class == "connection"):
+                    continue
+                break
+            call.node, call.error = used.node, used.error
+            if reply.status < 500:
+                rolling.current.add((time.perf_counter() - call.started) * 1000.0)
+            return reply
+        call.error = last.error_class if last is not None else "connection"
+        if last is None:
+            return error_reply(503, f"no available node for service {call.service}")
+        status = 504 if last.error_class == "timeout" else 502
+        return error_reply(status, f"service {call.service}: {last}")
+
+    async def _attempt(self, call: Call, node: Endpoint, next_: Next) -> tuple[Reply, Call]:
+        active = self._ctx.active_per_node
+        active[node.id] = active.get(node.id, 0) + 1
+        call.attempts += 1
+        sub = call.for_node(node)
+        try:
+            return await next_(sub), sub
+        finally:
+            left = active.get(node.id, 1) - 1
+            if left > 0:
+                active[node.id] = left
+            else:
+                active.pop(node.id, None)
+
+    async def _hedged(self, call: Call, node: Endpoint, endpoints: Sequence[Endpoint],
+                      tried: set[str], next_: Next, rolling: _Rolling, balancer: Balancer
+                      ) -> tuple[Reply, Call]:
+        delay_ms = rolling.p90_ms(self._ctx.config.backup_min_samples)
+        if delay_ms is None:
+            return await self._attempt(call, node, next_)
+        first = asyncio.ensure_future(self._attempt(call, node, next_))
+        done, _ = await asyncio.wait({first}, timeout=delay_ms / 1000.0)
+        if done:
+            return first.result()
+        backup_node = balancer.pick(endpoints, tried)
+        if backup_node is None or not rolling.backup_allowed(
+                self._ctx.config.backup_budget_ratio):
+            return await first
+        tried.add(backup_node.id)
+        rolling.backups[1] += 1
+        call.backup_sent = True
+        self._ctx.metrics.backups.labels(call.service).inc()
+        second = asyncio.ensure_future(self._attempt(call, backup_node, next_))
+        pending = {first, second}
+        failure: BaseException | None = None
+        fallback: tuple[Reply, Call] | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        failure = task.exception()
+                        continue
+                    result = task.result()
+                    if result[0].status < 500:
+                        return result
+                    fallback = fallback or result
+            if fallback is not None:
+                return fallback
+            assert failure is not None
+            raise failure
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+
+class CircuitBreakerFilter:
+    """Per node: refuses calls while the node's breaker is open (failover moves on)."""
+
+    name = "circuit_breaker"
+
+    def __init__(self, ctx: FilterContext) -> None:
+        self._ctx = ctx
+
+    def _breaker(self, service: str, node_id: str) -> CircuitBreaker:
+        key = (service, node_id)
+        breaker = self._ctx.breakers.get(key)
+        if breaker is None:
+            config = self._ctx.config
+            breaker = CircuitBreaker(
+                window_seconds=config.breaker_window_seconds,
+                min_requests=config.breaker_min_requests,
+                error_ratio=config.breaker_error_ratio,
+                open_seconds=config.breaker_open_seconds, clock=self._ctx.clock)
+            self._ctx.breakers[key] = breaker
+        return breaker
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        if call.node is None:
+            return await next_(call)
+        breaker = self._breaker(call.service, call.node.id)
+        if not breaker.allow():
+            raise NodeUnavailable(f"circuit breaker open for node {call.node.id}")
+        opened = breaker.opened_count
+        try:
+            reply = await next_(call)
+        except UpstreamError:
+            breaker.on_result(False)
+            self._count_open(call, breaker, opened)
+            raise
+        except asyncio.CancelledError:
+            breaker.release()
+            raise
+        breaker.on_result(reply.status < 500)
+        self._count_open(call, breaker, opened)
+        return reply
+
+    def _count_open(self, call: Call, breaker: CircuitBreaker, opened_before: int) -> None:
+        if breaker.opened_count > opened_before:
+            self._ctx.metrics.breaker_opened.labels(call.service).inc()
+
+
+_BUILTIN: dict[str, type] = {
+    "access_log": AccessLogFilter, "metrics": MetricsFilter, "switcher": SwitcherFilter,
+    "active_limit": ActiveLimitFilter, "failover": FailoverFilter,
+    "circuit_breaker": CircuitBreakerFilter,
+}
+assert set(_BUILTIN) == set(BUILTIN_FILTERS)
+
+
+def _load(name: str) -> type:
+    if name in _BUILTIN:
+        return _BUILTIN[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"filter {name!r} is neither built in ({', '.join(_BUILTIN)}) "
+                         "nor an import path package.module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"filter {name!r} cannot be loaded: {exc}") from None
+    if not isinstance(cls, type) or not callable(getattr(cls, "handle", None)):
+        raise ValueError(f"filter {name!r} is not a class with a handle(call, next_) method")
+    return cls
+
+
+def build_chain(names: Sequence[str], ctx: FilterContext) -> list[Filter]:
+    """Instantiate the filters named in ``names``, in order."""
+    return [_load(name)(ctx) for name in names]
+
+
+def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
+    """A callable running ``filters`` in order around ``terminal``."""
+    handler = terminal
+    for f in reversed(filters):
+        handler = _bind(f, handler)
+    return handler
+
+
+def _bind(f: Filter, next_: Next) -> Next:
+    async def run(call: Call) -> Reply:
+        return await f.handle(call, next_)
+    return run

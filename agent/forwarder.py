@@ -1,0 +1,71 @@
+"""The end of the chain: send a call to its node over HTTP and read the whole answer."""
+
+from __future__ import annotations
+
+import aiohttp
+from multidict import CIMultiDict
+
+from agent.call import Call, Reply, UpstreamError
+
+__all__ = ["Forwarder", "HOP_BY_HOP"]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+})
+
+
+class Forwarder:
+    """Forwards calls with one shared connection pool; ``start``/``stop`` own the pool."""
+
+    def __init__(self, *, timeout_seconds: float, connect_timeout_seconds: float,
+                 max_response_bytes: int, max_connections: int) -> None:
+        self._timeout = timeout_seconds
+        self._connect_timeout = connect_timeout_seconds
+        self._max_response = max_response_bytes
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                         ttl_dns_cache=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def stop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __call__(self, call: Call) -> Reply:
+        """Send ``call`` to ``call.node``; raises :class:`UpstreamError` when no answer."""
+        if self._session is None:
+            raise RuntimeError("forwarder not started")
+        assert call.node is not None, "the failover filter picks the node"
+        url = f"http://{call.node.address}{call.path_qs}"
+        headers = CIMultiDict((k, v) for k, v in call.headers.items()
+                              if k.lower() not in HOP_BY_HOP)
+        timeout = aiohttp.ClientTimeout(total=self._timeout, sock_connect=self._connect_timeout)
+        try:
+            async with self._session.request(call.method, url, headers=headers,
+                                             data=call.body or None, allow_redirects=False,
+                                             timeout=timeout) as resp:
+                body = await resp.content.read(self._max_response + 1)
+                if len(body) > self._max_response:
+                    call.error = "5xx"
+                    raise UpstreamError("5xx", f"node {call.node.id} answered more than "
+                                        f"max_response_bytes={self._max_response}")
+                out_headers = CIMultiDict((k, v) for k, v in resp.headers.items()
+                                          if k.lower() not in HOP_BY_HOP)
+                return Reply(resp.status, out_headers, body)
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError("timeout", f"node {call.node.id} did not answer within "
+                                f"{self._timeout:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("connection", f"cannot connect to node {call.node.id}: "
+                                f"{exc.os_error or exc}", sent=False) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("connection", f"node {call.node.id} failed: "
+                                f"{type(exc).__name__}: {exc}") from None

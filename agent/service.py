@@ -1,0 +1,321 @@
+"""``tidemark agent`` as a service: the proxy app, registry watches, registration, emission.
+
+Client side (no ``upstream``): a caller sends ``http://AGENT/{service}/path`` (or sets the
+Host header to the service name); the agent picks a node of that service from the registry
+and forwards. Server side (``upstream`` set): the agent registers itself for ``service``
+with heartbeats and forwards every inbound call to the upstream. Both measure every call
+and report it to the collector. ``/healthz``, ``/metrics`` and ``/runtime`` are the agent's
+own; every other path is proxied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+import urllib.parse
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Gauge
+
+from agent.balancer import Endpoint
+from agent.call import Call, Reply, error_reply
+from agent.config import AgentConfig
+from agent.directory import ServiceDirectory, TooManyServices
+from agent.filters import AgentMetrics, DegradeState, FilterContext, build_chain, run_chain
+from agent.forwarder import Forwarder
+from agent.naming import MetricNaming
+from agent.recorder import Recorder
+from agent.reporter import Reporter, ReporterConfig
+from registry.client import BaseClient, Registration, open_registry
+from registry.model import NAME_PATTERN, Node
+from tidemark.httpkit import add_health_and_metrics
+
+__all__ = ["AgentService", "RESERVED_PATHS"]
+
+log = logging.getLogger("tidemark.agent")
+
+RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
+_CALLER_HEADER = "X-Tidemark-Caller"
+_DEGRADE_SWITCHES = ("degraded", "degrade")
+
+
+class AgentService:
+    """The sidecar; ``await start()``, ``await stop()`` (idempotent, flushes metrics)."""
+
+    def __init__(self, config: AgentConfig, *, metrics: CollectorRegistry | None = None,
+                 registry_client: BaseClient | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or CollectorRegistry()
+        self._client = registry_client
+        self._own_client = registry_client is None
+        self.port: int | None = None
+        self._ready = False
+        self._stopped = False
+        self._runner: web.AppRunner | None = None
+        self._registration: Registration | None = None
+        upstream_host_port = None
+        if config.upstream is not None:
+            parsed = urllib.parse.urlsplit(config.upstream)
+            if not parsed.hostname or parsed.port is None:
+                raise ValueError(f"upstream: {config.upstream!r} must be http://HOST:PORT")
+            upstream_host_port = f"{parsed.hostname}:{parsed.port}"
+        self.node_name = upstream_host_port
+        self.recorder = Recorder(config.interval_seconds, default_node=upstream_host_port)
+        host, port = config.graphite_host_port
+        self.reporter = Reporter(
+            self.recorder,
+            ReporterConfig(host=host, port=port, protocol=config.graphite_protocol,
+                           buffer_seconds=config.buffer_seconds),
+            naming=MetricNaming(prefix=config.prefix, idc=config.idc), registry=self.metrics)
+        self.forwarder = Forwarder(timeout_seconds=config.request_timeout_seconds,
+                                   connect_timeout_seconds=config.connect_timeout_seconds,
+                                   max_response_bytes=config.max_response_bytes,
+                                   max_connections=config.max_connections)
+        self.agent_metrics = AgentMetrics(self.metrics)
+        self._upstream_endpoint = (
+            (Endpoint(self._node_id(), upstream_host_port, config.idc, 1.0),)
+            if upstream_host_port else ())
+        self.directory: ServiceDirectory | None = None
+        self._filter_ctx = FilterContext(
+            config=config, recorder=self.recorder, metrics=self.agent_metrics,
+            endpoints_for=self._endpoints_for, degrade_state=self._degrade_state,
+            node_name=upstream_host_port)
+        self.filters = build_chain(config.filters, self._filter_ctx)
+        self._chain = run_chain(self.filters, self.forwarder)
+        staleness = Gauge("tidemark_agent_registry_staleness_seconds",
+                          "Seconds since the registry last confirmed the service's snapshot "
+                          "(0 while the watch is live)", ["service"], registry=self.metrics)
+        self._staleness = staleness
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the registry, start emission, listen, then (server side) register."""
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._client is None:
+            self._client = open_registry(config.registry, token=config.registry_token,
+                                         cache_dir=config.data_dir / "registry-cache",
+                                         metrics=self.metrics)
+        await self._client.start()
+        self.directory = ServiceDirectory(
+            self._client, max_services=config.max_services,
+            first_snapshot_wait_seconds=config.first_snapshot_wait_seconds)
+        self.reporter.start()
+        await self.forwarder.start()
+        app = web.Application(
+            client_max_size=config.max_body_bytes,
+            handler_args={"max_line_size": config.max_header_bytes,
+                          "max_field_size": config.max_header_bytes})
+        add_health_and_metrics(app, self.metrics, lambda: self._ready)
+        app.router.add_get("/runtime", self._runtime)
+        app.router.add_route("*", "/{tail:.*}", self._proxy)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
+        await self._runner.setup()
+        host, port = config.listen_host_port
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else port
+        if config.is_server_side:
+            self.directory.watch(config.service)
+            await self._register()
+        self._ready = True
+        log.info("agent listening", extra={"service": config.service, "port": self.port,
+                                           "role": "server" if config.is_server_side
+                                           else "client"})
+
+    async def _register(self) -> None:
+        assert self._client is not None
+        address = self.config.advertise or f"{self.config.listen_host_port[0]}:{self.port}"
+        node = Node(id=self._node_id(), address=address, idc=self.config.idc)
+        while True:
+            try:
+                self._registration = await self._client.register(
+                    self.config.service, node, ttl_seconds=self.config.heartbeat_ttl_seconds)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep serving; retry in the background
+                log.warning("cannot register yet; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+                if self._stopped:
+                    return
+
+    async def stop(self) -> None:
+        """Deregister, stop listening (in-flight calls finish), close watches, flush."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._ready = False
+        if self._registration is not None:
+            await self._registration.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self.directory is not None:
+            await self.directory.stop()
+        if self._client is not None and self._own_client:
+            await self._client.stop()
+        await self.forwarder.stop()
+        await asyncio.to_thread(self.reporter.stop)
+
+    # -- routing state -------------------------------------------------------------------
+
+    def _node_id(self) -> str:
+        if self.config.node_id:
+            return self.config.node_id
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", self.node_name or "node")
+
+    def _endpoints_for(self, service: str) -> tuple[Endpoint, ...]:
+        if self.config.is_server_side:
+            return self._upstream_endpoint
+        view = self.directory.current(service) if self.directory else None
+        return view.endpoints if view is not None else ()
+
+    def _degrade_state(self, service: str) -> DegradeState | None:
+        view = self.directory.current(service) if self.directory else None
+        if view is None:
+            return None
+        config = view.snapshot.config
+        switches = tuple(sorted(config.switches.items()))
+        switched = any(config.switches.get(name) for name in _DEGRADE_SWITCHES)
+        if config.degraded is not None:
+            status = config.degraded.fallback_status
+            if status == 503:
+                status = self.config.degraded_status
+            return DegradeState(True, config.degraded.reason, status, switches)
+        if switched:
+            return DegradeState(True, "switch", self.config.degraded_status, switches)
+        return DegradeState(False, switches=switches)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _route(self, request: web.Request) -> tuple[str, str]:
+        """(service, path and query to send on) of an inbound request."""
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            raise ValueError("request target must be an absolute path")
+        if self.config.is_server_side:
+            return self.config.service, raw
+        host = (request.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) \
+                and host != "localhost":
+            return host, raw
+        path, sep, query = raw.partition("?")
+        parts = path.split("/", 2)
+        service = urllib.parse.unquote(parts[1]) if len(parts) > 1 else ""
+        if not service:
+            raise ValueError("no service: send /{service}/path or set Host to the service")
+        if not NAME_PATTERN.fullmatch(service) or service in (".", ".."):
+            raise ValueError(f"bad service name {service[:60]!r}: use [A-Za-z0-9_.-]")
+        rest = "/" + (parts[2] if len(parts) > 2 else "")
+        return service, rest + (sep + query if sep else "")
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        try:
+            service, path_qs = self._route(request)
+        except ValueError as exc:
+            self.agent_metrics.bad_requests.labels("route").inc()
+            return _response(error_reply(400, str(exc)))
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.agent_metrics.bad_requests.labels("body_too_large").inc()
+            return _response(error_reply(
+                413, f"request body larger than max_body_bytes={self.config.max_body_bytes}"))
+        caller = request.headers.get(_CALLER_HEADER) or self.config.caller or self.config.service
+        if not NAME_PATTERN.fullmatch(caller):
+            self.agent_metrics.bad_requests.labels("caller").inc()
+            return _response(error_reply(400, f"bad {_CALLER_HEADER} header"))
+        if not self.config.is_server_side and self.directory is not None:
+            try:
+                await self.directory.view(service)
+            except TooManyServices as exc:
+                self.agent_metrics.bad_requests.labels("too_many_services").inc()
+                return _response(error_reply(503, str(exc)))
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() != _CALLER_HEADER.lower())
+        call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
+                    body=body, caller=caller)
+        reply = await self._chain(call)
+        return _response(reply)
+
+    async def _runtime(self, request: web.Request) -> web.Response:
+        directory = self.directory
+        services: dict[str, Any] = {}
+        names = directory.services() if directory else []
+        for name in names:
+            view = directory.current(name) if directory else None
+            age = self._client.cache.age_seconds(name) if self._client and self._client.cache \
+                else None
+            if age is not None:
+                self._staleness.labels(name).set(age)
+            if view is None:
+                services[name] = {"snapshot": None, "staleness_seconds": age}
+                continue
+            snap = view.snapshot
+            effective = {e.id: e.weight for e in view.endpoints}
+            services[name] = {
+                "revision": snap.revision, "from_cache": snap.from_cache,
+                "received_at": view.received_at, "staleness_seconds": age,
+                "degraded": snap.config.degraded.to_dict() if snap.config.degraded else None,
+                "switches": dict(snap.config.switches),
+                "idc_weights": dict(snap.config.idc_weights),
+                "node_weights": dict(snap.config.node_weights),
+                "nodes": [{**n.to_dict(), "effective_weight": effective.get(n.id),
+                           "active": self._filter_ctx.active_per_node.get(n.id, 0),
+                           "breaker": self._breaker_state(name, n.id)}
+                          for n in snap.nodes],
+            }
+        body = {
+            "role": "server" if self.config.is_server_side else "client",
+            "service": self.config.service, "idc": self.config.idc, "port": self.port,
+            "upstream": self.config.upstream,
+            "registered": None if self._registration is None else {
+                "node": self._registration.node.to_dict(),
+                "heartbeat_age_seconds": round(
+                    time.monotonic() - self._registration.last_heartbeat_at, 3)},
+            "filters": [f.name for f in self.filters],
+            "load_balancer": self.config.load_balancer,
+            "services": services,
+            "last_changes": list(directory.changes)[-20:] if directory else [],
+            "last_commands": await self._last_commands(names),
+            "reporter": {"buffered_points": self.reporter.buffered_points,
+                         "sent_points": self.reporter.sent_points,
+                         "dropped_points": self.reporter.dropped_points},
+        }
+        return web.json_response(body)
+
+    def _breaker_state(self, service: str, node_id: str) -> str | None:
+        breaker = self._filter_ctx.breakers.get((service, node_id))
+        return breaker.state if breaker is not None else None
+
+    async def _last_commands(self, services: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._client is None:
+            return out
+        for name in services[:20]:
+            try:
+                history = await asyncio.wait_for(self._client.history(name), 1.0)
+                out[name] = [c.to_dict() for c in history[-5:]]
+            except Exception as exc:  # noqa: BLE001 - /runtime must answer anyway
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        return out
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, headers=CIMultiDict(reply.headers),
+                        body=reply.body)

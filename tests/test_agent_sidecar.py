@@ -1,0 +1,324 @@
+"""The sidecar pair on loopback: client agent -> server agents -> upstreams, with a real
+registry, and metrics sent to a real plaintext listener."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.call import Call, Next, Reply
+from tests.agent_harness import Mesh, make_mesh
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    m = await make_mesh(tmp_path)
+    try:
+        yield m
+    finally:
+        await m.close()
+
+
+async def test_pair_routes_measures_and_reports(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    b = await mesh.upstream("b")
+    sa = await mesh.server_agent("user", a)
+    sb = await mesh.server_agent("user", b)
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_requests=False)
+    await mesh.wait_nodes(client, "user", 2)
+    served = []
+    for i in range(20):
+        status, _, body = await mesh.get(client, f"/user/hello?i={i}", method="POST",
+                                         data=b"payload")
+        assert status == 200
+        answer = json.loads(body)
+        assert answer["path"] == f"/hello?i={i}" and answer["body"] == "payload"
+        served.append(answer["node"])
+    assert served.count("a") == 10 and served.count("b") == 10  # round robin, equal weights
+    # Host-header routing reaches the same service.
+    status, _, body = await mesh.get(client, "/x", headers={"Host": "user"})
+    assert status == 200 and json.loads(body)["path"] == "/x"
+    status, _, body = await mesh.get(client, "/runtime")
+    runtime = json.loads(body)
+    assert runtime["role"] == "client"
+    assert {n["id"] for n in runtime["services"]["user"]["nodes"]} == {
+        f"127.0.0.1-{a.port}", f"127.0.0.1-{b.port}"}
+    status, _, body = await mesh.get(sa, "/runtime")
+    assert json.loads(body)["registered"]["node"]["address"] == f"127.0.0.1:{sa.port}"
+    for agent in (client, sa, sb):
+        status, _, _ = await mesh.get(agent, "/healthz")
+        assert status == 200
+    await mesh.close()  # stops agents: the reporters flush their open windows
+    total_server = sum(int(float(v)) for v, _ in mesh.lines.values(
+        f"tidemark.user.default.127_0_0_1_{a.port}.requests")) + sum(
+        int(float(v)) for v, _ in mesh.lines.values(
+            f"tidemark.user.default.127_0_0_1_{b.port}.requests"))
+    total_client = sum(int(float(v)) for v, _ in mesh.lines.values(
+        "tidemark.client.web.user.default.requests"))
+    assert total_server == 21 and total_client == 21
+    assert mesh.lines.values("tidemark.client.web.user.default.latency.p999")
+
+
+async def test_node_weights_and_idc_weights_from_the_registry_shape_traffic(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    b = await mesh.upstream("b")
+    c = await mesh.upstream("c")
+    await mesh.server_agent("user", a, idc="bj")
+    await mesh.server_agent("user", b, idc="bj")
+    await mesh.server_agent("user", c, idc="sh")
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_requests=False)
+    await mesh.wait_nodes(client, "user", 3)
+    await mesh.admin.set_idc_weights("user", {"bj": 3, "sh": 1}, who="test")
+    await mesh.admin.set_node_weights("user", {f"127.0.0.1-{b.port}": 20,
+                                               f"127.0.0.1-{a.port}": 10}, who="test")
+    assert client.directory is not None
+    for _ in range(200):
+        view = client.directory.current("user")
+        if view is not None and view.snapshot.config.node_weights:
+            break
+        await asyncio.sleep(0.02)
+    served = [json.loads((await mesh.get(client, "/user/"))[2])["node"] for _ in range(120)]
+    # bj gets 3/4 of traffic, split 1:2 between a and b; sh gets 1/4.
+    assert (served.count("a"), served.count("b"), served.count("c")) == (30, 60, 30)
+
+
+async def test_degrade_answers_at_once_without_calling_and_restore_resumes(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web")
+    await mesh.wait_nodes(client, "user", 1)
+    assert (await mesh.get(client, "/user/"))[0] == 200
+    await mesh.admin.degrade("user", reason="peak load", who="ops")
+    calls_before = len(a.calls)
+    for _ in range(250):  # the watch delivers within milliseconds; give it up to 5 s
+        status, headers, body = await mesh.get(client, "/user/")
+        if status == 503:
+            break
+        calls_before = len(a.calls)
+        await asyncio.sleep(0.02)
+    assert status == 503
+    assert headers["X-Tidemark-Degraded"] == "peak load"
+    assert "degraded" in json.loads(body)["error"]
+    for _ in range(5):
+        assert (await mesh.get(client, "/user/"))[0] == 503
+    assert len(a.calls) == calls_before  # not called at all
+    await mesh.admin.restore("user", who="ops")
+    for _ in range(250):
+        status, _, _ = await mesh.get(client, "/user/")
+        if status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 200 and len(a.calls) > calls_before
+
+
+async def test_switches_reach_the_upstream_and_a_degrade_switch_degrades(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web", degraded_body='{"items": []}', degraded_status=200)
+    await mesh.wait_nodes(client, "user", 1)
+    await mesh.admin.set_switches("user", {"new_feed": True}, who="ops")
+    for _ in range(250):
+        answer = json.loads((await mesh.get(client, "/user/"))[2])
+        if answer.get("switches"):
+            break
+        await asyncio.sleep(0.02)
+    assert answer["switches"] == "new_feed=on"
+    await mesh.admin.set_switches("user", {"degraded": True}, who="ops")
+    for _ in range(250):
+        status, headers, body = await mesh.get(client, "/user/")
+        if "X-Tidemark-Degraded" in headers:
+            break
+        await asyncio.sleep(0.02)
+    assert (status, body) == (200, b'{"items": []}')  # the configured static fallback
+
+
+async def test_failover_on_connection_errors_and_breaker_opens_on_5xx(mesh: Mesh) -> None:
+    good = await mesh.upstream("good")
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="boom")
+
+    bad = await mesh.upstream("bad", broken)
+    await mesh.server_agent("user", good)
+    await mesh.server_agent("user", bad)
+    # A registered node that is not there at all (its agent died without deregistering).
+    from registry.model import Node
+    from tests.conftest import free_port
+    dead = await mesh.admin.register("user", Node(id="dead", address=f"127.0.0.1:{free_port()}"),
+                                     ttl_seconds=60)
+    client = await mesh.client_agent("web", load_balancer="round_robin",
+                                     breaker_min_requests=4, breaker_open_seconds=60)
+    await mesh.wait_nodes(client, "user", 3)
+    statuses = [(await mesh.get(client, "/user/"))[0] for _ in range(30)]
+    # Connection errors never reach the caller; the 5xx node is cut off by its breaker.
+    assert statuses.count(500) == 4
+    assert all(s in (200, 500) for s in statuses)
+    runtime = json.loads((await mesh.get(client, "/runtime"))[2])
+    breakers = {n["id"]: n["breaker"] for n in runtime["services"]["user"]["nodes"]}
+    assert breakers[f"127.0.0.1-{bad.port}"] == "open"
+    assert breakers["dead"] == "open"
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    assert 'tidemark_agent_failovers_total{service="user"}' in metrics
+    await dead.stop()
+
+
+async def test_backup_requests_rescue_slow_calls_within_the_budget(mesh: Mesh) -> None:
+    slow_calls = 0
+
+    async def sometimes_slow(request: web.Request) -> web.Response:
+        nonlocal slow_calls
+        slow_calls += 1
+        if slow_calls % 10 == 0:
+            await asyncio.sleep(2.0)
+        return web.json_response({"node": "flaky"})
+
+    flaky = await mesh.upstream("flaky", sometimes_slow)
+    steady = await mesh.upstream("steady")
+    await mesh.server_agent("user", flaky)
+    await mesh.server_agent("user", steady)
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_min_samples=10)
+    await mesh.wait_nodes(client, "user", 2)
+    results = await asyncio.gather(*(mesh.get(client, "/user/") for _ in range(1)))
+    for _ in range(100):
+        results.append(await mesh.get(client, "/user/"))
+    assert all(status == 200 for status, _, _ in results)
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    backups = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith('tidemark_agent_backup_requests_total{service="user"}'))
+    assert 1 <= backups <= 0.15 * 101
+
+
+async def test_active_limit_rejects_excess_with_429(mesh: Mesh) -> None:
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    a = await mesh.upstream("a", hold)
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web", max_active=2, backup_requests=False)
+    await mesh.wait_nodes(client, "user", 1)
+    held = [asyncio.ensure_future(mesh.get(client, "/user/")) for _ in range(2)]
+    for _ in range(250):
+        if len(a.calls) == 2:
+            break
+        await asyncio.sleep(0.02)
+    status, _, body = await mesh.get(client, "/user/")
+    assert status == 429 and "max_active=2" in json.loads(body)["error"]
+    release.set()
+    assert [r[0] for r in await asyncio.gather(*held)] == [200, 200]
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    assert 'tidemark_agent_rejected_total{service="user"} 1.0' in metrics
+
+
+async def test_bad_input_and_faults_get_clear_errors(mesh: Mesh) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(text="late")
+
+    slow_up = await mesh.upstream("slow", slow)
+    await mesh.server_agent("slowsvc", slow_up, request_timeout_seconds=0.3)
+    dead_upstream_port = slow_up.port + 0  # replaced below by a closed port
+    from tests.conftest import free_port
+    dead_upstream_port = free_port()
+    downsvc = await mesh.agent(mesh.config(service="downsvc",
+                                           upstream=f"http://127.0.0.1:{dead_upstream_port}"))
+    client = await mesh.client_agent("web", max_body_bytes=1024, backup_requests=False)
+    assert (await mesh.get(client, "/"))[0] == 400
+    status, _, body = await mesh.get(client, "/bad%20name/x")
+    assert status == 400 and "bad service name" in json.loads(body)["error"]
+    status, _, body = await mesh.get(client, "/nosuchservice/x")
+    assert status == 503 and "no available node" in json.loads(body)["error"]
+    status, _, _ = await mesh.get(client, "/slowsvc/x", method="POST", data=b"x" * 5000)
+    assert status == 413
+    status, _, _ = await mesh.get(client, "/slowsvc/x", headers={"X-Big": "y" * 20000})
+    assert status in (400, 431)
+    status, _, _ = await mesh.get(client, "/web/x", headers={"X-Tidemark-Caller": "bad caller"})
+    assert status == 400
+    # Upstream slow: the server-side agent times out (504), the client passes it on.
+    status, _, body = await mesh.get(client, "/slowsvc/x")
+    assert status == 504 and "did not answer" in json.loads(body)["error"]
+    # Upstream down: the server-side agent answers 502 naming the problem.
+    status, _, body = await mesh.get(downsvc, "/x")
+    assert status == 502 and "cannot connect" in json.loads(body)["error"]
+    assert (await mesh.get(client, "/healthz"))[0] == 200  # nothing crashed
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    assert 'tidemark_agent_bad_requests_total{reason="route"} 2.0' in metrics
+    assert 'tidemark_agent_bad_requests_total{reason="body_too_large"} 1.0' in metrics
+
+
+async def test_registry_gone_keeps_serving_and_restart_uses_the_disk_snapshot(
+        mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web")
+    await mesh.wait_nodes(client, "user", 1)
+    assert (await mesh.get(client, "/user/"))[0] == 200
+    await mesh.registry.stop()
+    for _ in range(5):
+        assert (await mesh.get(client, "/user/"))[0] == 200
+    config = client.config
+    await client.stop()
+    mesh.agents.remove(client)
+    restarted = await mesh.agent(config)  # same data_dir: the last snapshot is on disk
+    status, _, body = await mesh.get(restarted, "/user/")
+    assert status == 200 and json.loads(body)["node"] == "a"
+    runtime = json.loads((await mesh.get(restarted, "/runtime"))[2])
+    assert runtime["services"]["user"]["from_cache"] is True
+    assert runtime["services"]["user"]["staleness_seconds"] > 0
+    assert "error" in runtime["last_commands"]["user"]
+    metrics = (await mesh.get(restarted, "/metrics"))[2].decode()
+    assert 'tidemark_registry_serving_from_cache{service="user"} 1.0' in metrics
+
+
+async def test_collector_gone_does_not_affect_calls(tmp_path: Path) -> None:
+    mesh = await make_mesh(tmp_path)
+    try:
+        mesh.lines.close()  # nobody listens on the graphite port any more
+        a = await mesh.upstream("a")
+        await mesh.server_agent("user", a)
+        client = await mesh.client_agent("web")
+        await mesh.wait_nodes(client, "user", 1)
+        for _ in range(20):
+            assert (await mesh.get(client, "/user/"))[0] == 200
+        await asyncio.sleep(1.2)  # one interval: the reporter tries and buffers
+        assert (await mesh.get(client, "/user/"))[0] == 200
+        assert client.reporter.buffered_points > 0
+    finally:
+        mesh.lines.close = lambda: None  # type: ignore[method-assign]
+        await mesh.close()
+
+
+class TagFilter:
+    """A user filter loaded by import path: tags every answer."""
+
+    name = "tag"
+
+    def __init__(self, ctx: object) -> None:
+        self.ctx = ctx
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        reply = await next_(call)
+        return Reply(reply.status, {**reply.headers, "X-Tagged": call.service}, reply.body)
+
+
+async def test_user_filters_load_by_import_path_and_bad_ones_are_refused(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web", filters=(
+        "tests.test_agent_sidecar:TagFilter", "metrics", "failover"))
+    await mesh.wait_nodes(client, "user", 1)
+    status, headers, _ = await mesh.get(client, "/user/")
+    assert status == 200 and headers["X-Tagged"] == "user"
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        mesh.config(service="x", filters=("nosuch.module:Filter",))
+        from agent.service import AgentService
+        AgentService(mesh.config(service="x", filters=("nosuch.module:Filter",)))
+    with pytest.raises(ValueError, match="after failover"):
+        mesh.config(service="x", filters=("circuit_breaker", "failover"))
