@@ -105,10 +105,13 @@ def apply_command(
     who: str,
     why: str,
     now: float,
+    next_id: int = 1,
 ) -> tuple[dict[str, Any], list[Command], Command]:
     """Apply one command to flat config and history; returns (new flat, new history, command).
 
-    Raises :class:`ValueError` naming the field for bad input; nothing is changed then.
+    The command's id is the larger of ``next_id`` and one more than the newest in
+    ``history`` (a backend that keeps history apart passes its counter). Raises
+    :class:`ValueError` naming the field for bad input; nothing is changed then.
     """
     check_name(service, "service")
     _check_text(who, "who", allow_empty=False)
@@ -116,7 +119,7 @@ def apply_command(
     if not isinstance(args, Mapping):
         raise ValueError("args: expected an object")
     new_history = list(history)
-    next_id = (max((c.id for c in history), default=0)) + 1
+    next_id = max(next_id, max((c.id for c in history), default=0) + 1)
     if kind == "revert":
         _check_fields(args, {"command"}, "args")
         target_id = args.get("command")

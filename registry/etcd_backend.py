@@ -3,15 +3,15 @@
 Key layout under the root (default ``/tidemark/registry/``)::
 
     services/<service>/nodes/<node-id>   node record (JSON, with "ttl_seconds"), on a lease
-    services/<service>/config            {"flat": {flat_key: value}}   (see registry.commands)
-    history/<service>                    [command, ...]                (last 100)
+    services/<service>/config            {"flat": {flat_key: value}, "next_id": N}
+    history/<service>/<id, 12 digits>    one command (JSON); the last 100 are kept
 
-``history`` sits outside the service prefix so watchers are not sent it on every command.
+History sits outside the service prefix so watchers are not sent it on every command.
 A node's key lives on its own lease (TTL = the node's TTL), kept alive by heartbeats, so a
-node whose process dies vanishes when the lease runs out. A command rewrites ``config`` and
-``history`` in one transaction guarded by both keys' mod revisions, compared against the
-client's last copy; a lost race returns the current values in the same round trip and is
-retried.
+node whose process dies vanishes when the lease runs out. A command rewrites ``config``, adds
+its history key (and rewrites commands a revert touched, drops the ones past 100) in one
+transaction guarded by ``config``'s mod revision as the client last saw it; a lost race
+returns the current config in the same round trip and is retried.
 A watch reads the service prefix at one revision, then watches from the next revision and
 applies events; all events of a transaction share one revision and arrive in one watch
 response, so snapshots are never torn.
@@ -31,10 +31,11 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import aetcd.utils
 from prometheus_client import CollectorRegistry
 
 from registry.client import BaseClient
-from registry.commands import apply_command, flat_to_config
+from registry.commands import MAX_HISTORY, apply_command, flat_to_config
 from registry.errors import Conflict, NotFound, RegistryUnavailable
 from registry.model import Command, Node, Snapshot, check_name
 
@@ -74,12 +75,13 @@ class _ServiceState:
 
 @dataclass
 class _Seen:
-    """The last config and history this client read or wrote, for compare-and-swap."""
+    """The last config this client read or wrote, for compare-and-swap (history only if a
+    revert needed it)."""
 
     flat: dict[str, Any]
-    commands: list[Command]
+    next_id: int
     config_mod: int
-    history_mod: int
+    history: list[Command] | None
 
 
 class EtcdRegistryClient(BaseClient):
@@ -151,8 +153,11 @@ class EtcdRegistryClient(BaseClient):
     def _service_prefix(self, service: str) -> str:
         return f"{self._root}services/{service}/"
 
-    def _history_key(self, service: str) -> bytes:
-        return f"{self._root}history/{service}".encode()
+    def _history_prefix(self, service: str) -> bytes:
+        return f"{self._root}history/{service}/".encode()
+
+    def _command_key(self, service: str, command_id: int) -> bytes:
+        return f"{self._root}history/{service}/{command_id:012d}".encode()
 
     def _parse_key(self, key: bytes) -> tuple[str, str] | None:
         text = key.decode()
@@ -227,8 +232,10 @@ class EtcdRegistryClient(BaseClient):
     async def history(self, service: str) -> list[Command]:
         """Recent commands of ``service``, oldest first."""
         check_name(service, "service")
-        got = await self._call("get", self._history_key(service))
-        return [Command.from_dict(c) for c in json.loads(got.value)] if got else []
+        result = await self._call("get_prefix", self._history_prefix(service))
+        commands = sorted((Command.from_dict(json.loads(kv.value)) for kv in result),
+                          key=lambda c: c.id)
+        return commands[-MAX_HISTORY:]
 
     # --- commands ------------------------------------------------------------------------
     async def command(self, service: str, kind: str, args: Mapping[str, Any], *,
@@ -238,17 +245,16 @@ class EtcdRegistryClient(BaseClient):
         if not isinstance(kind, str):
             raise ValueError("kind: expected a string")
         config_key = f"{self._service_prefix(service)}config".encode()
-        history_key = self._history_key(service)
         seen = self._seen.get(service)
         fresh = False
         for _ in range(_MAX_CAS_ATTEMPTS):
-            if seen is None:
-                seen = await self._read_config(config_key, history_key)
+            if seen is None or (kind == "revert" and seen.history is None):
+                seen = await self._read_config(service, with_history=kind == "revert")
                 fresh = True
             try:
                 new_flat, new_history, command = apply_command(
-                    seen.flat, seen.commands, service=service, kind=kind, args=args, who=who,
-                    why=why, now=time.time())
+                    seen.flat, seen.history or [], service=service, kind=kind, args=args,
+                    who=who, why=why, now=time.time(), next_id=seen.next_id)
             except ValueError:
                 if fresh:
                     raise
@@ -256,21 +262,29 @@ class EtcdRegistryClient(BaseClient):
                 continue
             client = await self._etcd()
             tx = client.transactions
-            # One round trip: compare both keys with the copy we applied the command to;
-            # if another writer won, the failure branch returns the current values.
+            ops = [tx.put(config_key, json.dumps({"flat": new_flat,
+                                                  "next_id": command.id + 1}).encode())]
+            before = {c.id: c for c in seen.history or []}
+            for item in new_history:
+                if before.get(item.id) != item:  # the new command, or one a revert touched
+                    ops.append(tx.put(self._command_key(service, item.id),
+                                      json.dumps(item.to_dict()).encode()))
+            oldest_kept = command.id - MAX_HISTORY + 1
+            if oldest_kept > 1:
+                ops.append(tx.delete(self._command_key(service, 0),
+                                     range_end=self._command_key(service, oldest_kept)))
+            # One round trip: every command rewrites config, so comparing its mod revision
+            # with our copy's orders all writers; a loser gets the current config back.
             ok, responses = await self._call(
-                "transaction",
-                compare=[tx.mod(config_key) == seen.config_mod,
-                         tx.mod(history_key) == seen.history_mod],
-                success=[tx.put(config_key, json.dumps({"flat": new_flat}).encode()),
-                         tx.put(history_key,
-                                json.dumps([c.to_dict() for c in new_history]).encode())],
-                failure=[tx.get(config_key), tx.get(history_key)])
+                "transaction", compare=[tx.mod(config_key) == seen.config_mod],
+                success=ops, failure=[tx.get(config_key)])
             if ok:
                 revision = int(responses[0].response_put.header.revision)
-                self._remember(service, _Seen(new_flat, new_history, revision, revision))
+                self._remember(service, _Seen(
+                    new_flat, command.id + 1, revision,
+                    new_history if seen.history is not None else None))
                 return command
-            seen = self._seen_from(responses[0], responses[1])
+            seen = self._seen_from(responses[0], None)
             fresh = True
             self._remember(service, seen)
         raise Conflict(f"{service}: too many concurrent writers; try again")
@@ -282,19 +296,25 @@ class EtcdRegistryClient(BaseClient):
 
     @staticmethod
     def _seen_from(config: Any, history: Any) -> _Seen:
-        """Build the CAS copy from two range results (lists of (value, kv) pairs)."""
-        flat = json.loads(config[0][0])["flat"] if config else {}
-        commands = [Command.from_dict(c) for c in json.loads(history[0][0])] if history else []
-        return _Seen(flat, commands, config[0][1].mod_revision if config else 0,
-                     history[0][1].mod_revision if history else 0)
+        """The CAS copy from txn range results (lists of (value, kv) pairs)."""
+        stored = json.loads(config[0][0]) if config else {}
+        commands = None
+        if history is not None:
+            commands = sorted((Command.from_dict(json.loads(value)) for value, _ in history),
+                              key=lambda c: c.id)[-MAX_HISTORY:]
+        return _Seen(flat=stored.get("flat", {}), next_id=int(stored.get("next_id", 1)),
+                     config_mod=config[0][1].mod_revision if config else 0, history=commands)
 
-    async def _read_config(self, config_key: bytes, history_key: bytes) -> _Seen:
+    async def _read_config(self, service: str, *, with_history: bool) -> _Seen:
         client = await self._etcd()
         tx = client.transactions
-        _, responses = await self._call("transaction", compare=[],
-                                        success=[tx.get(config_key), tx.get(history_key)],
-                                        failure=[])
-        return self._seen_from(responses[0], responses[1])
+        config_key = f"{self._service_prefix(service)}config".encode()
+        ops = [tx.get(config_key)]
+        if with_history:
+            prefix = self._history_prefix(service)
+            ops.append(tx.get(prefix, range_end=aetcd.utils.prefix_range_end(prefix)))
+        _, responses = await self._call("transaction", compare=[], success=ops, failure=[])
+        return self._seen_from(responses[0], responses[1] if with_history else None)
 
     # --- watch ---------------------------------------------------------------------------
     async def _follow(self, *, service: str | None, prefix: str | None,

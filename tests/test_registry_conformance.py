@@ -340,3 +340,21 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
             await nocache.snapshot(service)
     finally:
         await backend.start_registry()
+
+
+async def test_history_is_bounded_and_writers_with_stale_copies_agree(backend: Backend) -> None:
+    alice, bob = backend.client(), backend.client()
+    service = unique("history")
+    for i in range(1, 104):
+        await alice.set_idc_weights(service, {"bj": i}, who="alice")
+    # Bob has never seen the service; Alice's copy becomes stale after Bob writes.
+    by_bob = await bob.set_switches(service, {"x": True}, who="bob")
+    await alice.revert(service, by_bob.id, who="alice")
+    history = await bob.history(service)
+    assert len(history) == 100
+    assert [c.id for c in history] == list(range(6, 106))
+    assert history[-1].kind == "revert" and history[-2].reverted_by == history[-1].id
+    config = (await bob.snapshot(service)).config
+    assert config.switches == {} and config.idc_weights == {"bj": 103}
+    with pytest.raises(ValueError, match="not in the history"):
+        await bob.revert(service, 1, who="bob")
