@@ -36,7 +36,10 @@ from tests.peers.process import PeerFailed
 pytestmark = [pytest.mark.peers]
 
 STEP = 10
-SCHEMAS = "[default]\npattern = .*\nretentions = 10s:1d,1m:7d\n"
+SCHEMAS = (
+    "[coarse]\npattern = ^coarse\\.\nretentions = 60s:1d,5m:7d\n\n"
+    "[default]\npattern = .*\nretentions = 10s:1d,1m:7d\n"
+)
 AGGREGATION = (
     "[counters]\npattern = ^cnt\\.\nxFilesFactor = 0\naggregationMethod = max\n\n"
     "[default]\npattern = .*\nxFilesFactor = 0.5\naggregationMethod = average\n"
@@ -54,14 +57,16 @@ class Dataset:
 
     start: int  # first timestamp (aligned to 60 s)
     end: int  # one step after the last timestamp (aligned to 60 s)
-    points: dict[str, list[tuple[int, float]]]
+    points: dict[str, list[tuple[int, float]]]  # what each series holds in the end
+    overwritten: tuple[tuple[str, int, float], ...] = ()  # sent first, then overwritten
 
     @property
     def lines(self) -> list[str]:
         """Every point as a plaintext line, series interleaved by time like live traffic."""
         merged = [(ts, path, value) for path, pts in self.points.items() for ts, value in pts]
         merged.sort()
-        return [format_line(path, value, ts) for ts, path, value in merged]
+        first = [format_line(path, value, ts) for path, ts, value in self.overwritten]
+        return first + [format_line(path, value, ts) for ts, path, value in merged]
 
 
 def build_dataset(now: float) -> Dataset:
@@ -103,7 +108,23 @@ def build_dataset(now: float) -> Dataset:
         points[f"sparse.m{k}"] = [
             (ts, float(k * 100 + i)) for i, ts in enumerate(stamps) if (i + k) % 30 == 0
         ]
-    return Dataset(start, end, points)
+    # Series at a coarser step (another schema), for the step normalisation of combiners.
+    points["coarse.a"] = [(ts, (i // 6) * 1.5) for i, ts in enumerate(stamps) if i % 6 == 0]
+    points["coarse.b"] = [
+        (ts, 100.0 - i // 6) for i, ts in enumerate(stamps) if i % 6 == 0 and i % 42 != 0
+    ]
+    # Values that test number parsing and formatting.
+    odd_values = [1.5e20, -2.5e-7, 0.0, 3.0, -0.0, 123456789.125, 1e-300]
+    points["odd.values.wide"] = [
+        (ts, odd_values[i % len(odd_values)]) for i, ts in enumerate(stamps) if i % 3 == 0
+    ]
+    # Names with the characters Graphite allows beyond letters and digits.
+    points["odd.name-with_dash.req:count"] = [(ts, float(i % 9)) for i, ts in enumerate(stamps)]
+    points["odd.Upper.Case"] = [(ts, float(i % 4)) for i, ts in enumerate(stamps) if i % 2]
+    # The same timestamp sent twice: the later value wins in carbon and must in ours.
+    points["odd.dup"] = [(ts, float(i)) for i, ts in enumerate(stamps) if i % 10 == 0]
+    overwritten = tuple(("odd.dup", ts, -1.0) for ts, _ in points["odd.dup"])
+    return Dataset(start, end, points, overwritten)
 
 
 # --------------------------------------------------------------------------- the peers
@@ -127,6 +148,7 @@ def _non_null_counts(server: GraphiteStack | TidemarkCollector, data: Dataset) -
     body = server.get(
         "/render",
         [("target", t) for t in ("svc.*.*.*", "neg.temp.*", "cnt.requests.*", "sparse.*")]
+        + [("target", t) for t in ("coarse.*", "odd.*", "odd.*.*")]
         + [("from", str(data.start - 1)), ("until", str(data.end)), ("format", "json")],
     )
     return {
@@ -399,6 +421,20 @@ FUNCTION_CASES = [
         ("divideSeries(sumSeries(svc.*.host1.qps),sumSeries(svc.*.host2.qps))",),
     ),
     C("nested-summarize-derivative", ('summarize(nonNegativeDerivative(cnt.requests.x),"10min")',)),
+    C("coarse-step", ("coarse.*",)),
+    C("mixed-steps-sumSeries", ("sumSeries(svc.web.host1.qps,coarse.a)",)),
+    C("mixed-steps-averageSeries", ("averageSeries(coarse.b,svc.api.host2.latency)",)),
+    C("mixed-steps-divideSeries", ("divideSeries(coarse.a,svc.web.host1.qps)",)),
+    C("mixed-steps-diffSeries", ("diffSeries(coarse.b,neg.temp.a,coarse.a)",)),
+    C("mixed-steps-asPercent", ("asPercent(svc.db.host1.qps,coarse.b)",)),
+    C("mixed-steps-groupByNode", ('groupByNode({coarse,neg}.*,0,"sumSeries")',)),
+    C("mixed-steps-maxDataPoints", ("coarse.*", "neg.temp.a"), (("maxDataPoints", "45"),)),
+    C("odd-values", ("odd.values.wide",)),
+    C("odd-values-functions", ("scale(odd.values.wide,3)", "integral(odd.values.wide)")),
+    C("odd-names", ("odd.name-with_dash.*", "odd.Upper.*")),
+    C("odd-names-glob-case", ("odd.upper.*", "odd.U*.Case")),
+    C("duplicate-timestamps-last-wins", ("odd.dup",)),
+    C("sumSeries-of-nothing", ("sumSeries(nope.*)",)),
     C("keyword-args", ('summarize(svc.web.host1.qps,intervalString="5min",func="max")',)),
 ]
 
@@ -434,6 +470,18 @@ TIME_CASES = [
         "time-yyyymmdd",
         ("neg.temp.a",),
         (("from", "{start_ymd}"), ("until", "{end}")),
+        times="explicit",
+    ),
+    C(
+        "time-minus-7d-coarse",
+        ("coarse.*", "sumSeries(coarse.*)"),
+        (("from", "-7d"),),
+        times="explicit",
+    ),
+    C(
+        "time-tz",
+        ("neg.temp.b",),
+        (("from", "{start_hm}"), ("until", "{end_hm}"), ("tz", "Asia/Tokyo")),
         times="explicit",
     ),
     C("time-sum-minus-1h", (f"sumSeries({QPS})",), (("from", "-1h"),), times="explicit"),
@@ -487,6 +535,9 @@ def test_dataset_is_not_trivial(pair: Pair) -> None:
 
 FIND_QUERIES = [
     "*",
+    "odd.*",
+    "odd.U*",
+    "coarse.*",
     "svc.*",
     "svc.*.*",
     "svc.web.host?",
