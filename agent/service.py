@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from agent.balancer import Endpoint
 from agent.call import Call, Reply, error_reply
@@ -87,10 +87,6 @@ class AgentService:
             node_name=upstream_host_port)
         self.filters = build_chain(config.filters, self._filter_ctx)
         self._chain = run_chain(self.filters, self.forwarder)
-        staleness = Gauge("tidemark_agent_registry_staleness_seconds",
-                          "Seconds since the registry last confirmed the service's snapshot "
-                          "(0 while the watch is live)", ["service"], registry=self.metrics)
-        self._staleness = staleness
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -253,8 +249,6 @@ class AgentService:
             view = directory.current(name) if directory else None
             age = self._client.cache.age_seconds(name) if self._client and self._client.cache \
                 else None
-            if age is not None:
-                self._staleness.labels(name).set(age)
             if view is None:
                 services[name] = {"snapshot": None, "staleness_seconds": age}
                 continue

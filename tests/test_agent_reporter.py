@@ -22,6 +22,7 @@ class LineServer:
 
     def __init__(self, port: int = 0, udp: bool = False) -> None:
         self.lines: list[str] = []
+        self._closed = False
         self._got = threading.Condition()
         owner = self
 
@@ -67,6 +68,9 @@ class LineServer:
         return out
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.server.shutdown()
         self.server.server_close()
 

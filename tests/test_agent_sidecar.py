@@ -12,7 +12,10 @@ import pytest
 from aiohttp import web
 
 from agent.call import Call, Next, Reply
+from agent.service import AgentService
+from registry.model import Node
 from tests.agent_harness import Mesh, make_mesh
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -147,8 +150,6 @@ async def test_failover_on_connection_errors_and_breaker_opens_on_5xx(mesh: Mesh
     await mesh.server_agent("user", good)
     await mesh.server_agent("user", bad)
     # A registered node that is not there at all (its agent died without deregistering).
-    from registry.model import Node
-    from tests.conftest import free_port
     dead = await mesh.admin.register("user", Node(id="dead", address=f"127.0.0.1:{free_port()}"),
                                      ttl_seconds=60)
     client = await mesh.client_agent("web", load_balancer="round_robin",
@@ -224,8 +225,6 @@ async def test_bad_input_and_faults_get_clear_errors(mesh: Mesh) -> None:
 
     slow_up = await mesh.upstream("slow", slow)
     await mesh.server_agent("slowsvc", slow_up, request_timeout_seconds=0.3)
-    dead_upstream_port = slow_up.port + 0  # replaced below by a closed port
-    from tests.conftest import free_port
     dead_upstream_port = free_port()
     downsvc = await mesh.agent(mesh.config(service="downsvc",
                                            upstream=f"http://127.0.0.1:{dead_upstream_port}"))
@@ -275,6 +274,9 @@ async def test_registry_gone_keeps_serving_and_restart_uses_the_disk_snapshot(
     assert "error" in runtime["last_commands"]["user"]
     metrics = (await mesh.get(restarted, "/metrics"))[2].decode()
     assert 'tidemark_registry_serving_from_cache{service="user"} 1.0' in metrics
+    age = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(
+        'tidemark_registry_snapshot_age_seconds{service="user"}'))
+    assert age > 0  # staleness is a metric
 
 
 async def test_collector_gone_does_not_affect_calls(tmp_path: Path) -> None:
@@ -291,7 +293,6 @@ async def test_collector_gone_does_not_affect_calls(tmp_path: Path) -> None:
         assert (await mesh.get(client, "/user/"))[0] == 200
         assert client.reporter.buffered_points > 0
     finally:
-        mesh.lines.close = lambda: None  # type: ignore[method-assign]
         await mesh.close()
 
 
@@ -317,8 +318,8 @@ async def test_user_filters_load_by_import_path_and_bad_ones_are_refused(mesh: M
     status, headers, _ = await mesh.get(client, "/user/")
     assert status == 200 and headers["X-Tagged"] == "user"
     with pytest.raises(ValueError, match="cannot be loaded"):
-        mesh.config(service="x", filters=("nosuch.module:Filter",))
-        from agent.service import AgentService
         AgentService(mesh.config(service="x", filters=("nosuch.module:Filter",)))
+    with pytest.raises(ValueError, match="neither built in"):
+        AgentService(mesh.config(service="x", filters=("nosuch",)))
     with pytest.raises(ValueError, match="after failover"):
         mesh.config(service="x", filters=("circuit_breaker", "failover"))

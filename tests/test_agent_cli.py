@@ -1,0 +1,75 @@
+"""`tidemark agent` as a process: starts, serves /healthz, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from registry.server.app import RegistryServer, RegistryServerConfig
+from tests.conftest import free_port
+from tests.test_agent_reporter import LineServer
+
+
+async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> None:
+    registry = RegistryServer(RegistryServerConfig(data_dir=tmp_path / "registry", http_port=0))
+    await registry.start()
+    lines = LineServer()
+    port = free_port()
+    upstream_port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tidemark", "agent", "--service", "user",
+        "--registry", f"http://127.0.0.1:{registry.port}", "--graphite",
+        f"127.0.0.1:{lines.port}", "--idc", "bj", "--listen", f"127.0.0.1:{port}",
+        "--upstream", f"http://127.0.0.1:{upstream_port}", "--data-dir", str(tmp_path / "a"),
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("agent never became healthy")
+            async with session.get(f"http://127.0.0.1:{port}/some/path") as resp:
+                assert resp.status == 502  # nothing listens on the upstream port
+            async with session.get(f"http://127.0.0.1:{port}/runtime") as resp:
+                runtime = json.loads(await resp.read())
+            assert runtime["role"] == "server" and runtime["registered"]["node"]["idc"] == "bj"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        # The open window was flushed on the way out: the failed call is counted.
+        assert lines.wait_for(lambda ls: any(
+            line.startswith(f"tidemark.user.bj.127_0_0_1_{upstream_port}.errors.connection 1 ")
+            for line in ls))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        lines.close()
+        await registry.stop()
+
+
+async def test_bad_command_lines_exit_2_with_one_line(tmp_path: Path) -> None:
+    for args, message in (
+        (["--service", "user", "--graphite", "127.0.0.1:2003"], "registry is required"),
+        (["--service", "user", "--registry", "http://127.0.0.1:1", "--graphite", "nowhere"],
+         "HOST:PORT"),
+        (["--service", "user", "--registry", "http://127.0.0.1:1", "--graphite",
+          "127.0.0.1:2003", "--upstream", "ftp://x"], "http://"),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tidemark", "agent", *args, "--data-dir", str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2, err
+        text = err.decode().strip()
+        assert message in text and len(text.splitlines()) == 1, text
