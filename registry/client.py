@@ -56,6 +56,23 @@ class RegistryClient(Protocol):
 
     def watch_prefix(self, prefix: str) -> Watch: ...
 
+    async def degrade(self, service: str, *, reason: str, who: str,
+                      fallback_status: int = 503) -> Command: ...
+
+    async def restore(self, service: str, *, who: str, why: str = "") -> Command: ...
+
+    async def set_idc_weights(self, service: str, weights: Mapping[str, int | None], *,
+                              who: str, why: str = "") -> Command: ...
+
+    async def set_node_weights(self, service: str, weights: Mapping[str, int | None], *,
+                               who: str, why: str = "") -> Command: ...
+
+    async def set_switches(self, service: str, switches: Mapping[str, bool | None], *,
+                           who: str, why: str = "") -> Command: ...
+
+    async def revert(self, service: str, command_id: int, *, who: str, why: str = ""
+                     ) -> Command: ...
+
 
 def check_ttl(ttl_seconds: float) -> float:
     """A node TTL in seconds, 1 s to 1 h."""
@@ -141,7 +158,7 @@ class Watch:
 
     def _serve_cache(self, cache: FailStaticCache) -> None:
         names = [self._service] if self._service else [
-            s for s in cache.services() if s.startswith(self._prefix or "")]
+            s for s in cache.stored_services() if s.startswith(self._prefix or "")]
         for name in names:
             if name in self._pending or name in self._delivered:
                 cache.mark_lost(name, serving_cache=self._delivered[name].from_cache

@@ -107,6 +107,10 @@ class FailStaticCache:
         """Services with an age known to this process."""
         return sorted(set(self._last_live) | self._live)
 
+    def stored_services(self) -> list[str]:
+        """Services with a snapshot file in the cache directory."""
+        return sorted(p.stem for p in self._dir.glob("*.json") if not p.name.startswith("."))
+
     def is_serving_cache(self, service: str) -> bool:
         """Whether the cached copy is what is being served for ``service``."""
         return service in self._serving_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -358,3 +359,44 @@ async def test_history_is_bounded_and_writers_with_stale_copies_agree(backend: B
     assert config.switches == {} and config.idc_weights == {"bj": 103}
     with pytest.raises(ValueError, match="not in the history"):
         await bob.revert(service, 1, who="bob")
+
+
+async def test_registryctl_operates_both_backends(backend: Backend, tmp_path: Path) -> None:
+    service = unique("ctl")
+
+    async def ctl(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return await asyncio.to_thread(
+            subprocess.run, _registryctl(backend, tmp_path, "--who", "ops", *args),
+            capture_output=True, cwd=REPO_ROOT, timeout=60)
+
+    watcher = _start_owner(backend, tmp_path, "watch", service)
+    try:
+        assert watcher.stdout is not None
+        first = json.loads(await asyncio.wait_for(asyncio.to_thread(watcher.stdout.readline), 30))
+        assert first["service"] == service and first["nodes"] == []
+        done = await ctl("switch", service, "cache=on", "retry=off")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["changes"] == {"switch/cache": True, "switch/retry": False}
+        while True:
+            line = json.loads(await asyncio.wait_for(asyncio.to_thread(watcher.stdout.readline),
+                                                     30))
+            if line["config"]["switches"]:
+                break
+        assert line["config"]["switches"] == {"cache": True, "retry": False}
+        assert line["revision"] > first["revision"]
+        watcher.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(watcher.wait, 20) == 0
+    finally:
+        _reap(watcher)
+    done = await ctl("degrade", service, "--reason", "overload", "--fallback-status", "429")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((await ctl("config", service)).stdout)
+    assert config["degraded"]["fallback_status"] == 429 and config["degraded"]["who"] == "ops"
+    assert (await ctl("restore", service)).returncode == 0
+    history = json.loads((await ctl("history", service)).stdout)
+    assert [c["kind"] for c in history] == ["switches", "degrade", "restore"]
+    bad = await ctl("switch", service, "cache=maybe")
+    assert bad.returncode == 2 and b"on or off" in bad.stderr
+    bad = await ctl("weights", service, "b d=3")
+    assert bad.returncode == 2 and b"idc" in bad.stderr
+    assert json.loads((await ctl("nodes", service)).stdout) == []
