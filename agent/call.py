@@ -8,9 +8,10 @@ Errors a filter may raise on purpose::
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.balancer import Endpoint
@@ -69,7 +70,10 @@ class Call:
 
     def for_node(self, node: Endpoint) -> Call:
         """A copy for one attempt at ``node``."""
-        return replace(self, node=node, error=None)
+        attempt = copy.copy(self)
+        attempt.node = node
+        attempt.error = None
+        return attempt
 
 
 Next = Callable[[Call], Awaitable[Reply]]

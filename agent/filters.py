@@ -102,6 +102,8 @@ class AccessLogFilter:
 
     async def handle(self, call: Call, next_: Next) -> Reply:
         reply = await next_(call)
+        if not access_log.isEnabledFor(logging.INFO):
+            return reply
         access_log.info("call", extra={
             "service": call.service, "method": call.method, "path": call.path_qs[:200],
             "status": reply.status, "ms": round((time.perf_counter() - call.started) * 1000, 3),

@@ -25,6 +25,8 @@ class Forwarder:
         self._max_response = max_response_bytes
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout_seconds,
+                                                     sock_connect=connect_timeout_seconds)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
@@ -43,11 +45,9 @@ class Forwarder:
             raise RuntimeError("forwarder not started")
         assert call.node is not None, "the failover filter picks the node"
         url = f"http://{call.node.address}{call.path_qs}"
-        headers = CIMultiDict((k, v) for k, v in call.headers.items()
-                              if k.lower() not in HOP_BY_HOP)
-        timeout = aiohttp.ClientTimeout(total=self._timeout, sock_connect=self._connect_timeout)
-        try:
-            async with self._session.request(call.method, url, headers=headers,
+        timeout = self._client_timeout
+        try:  # call.headers has no hop-by-hop headers (the service builds it so)
+            async with self._session.request(call.method, url, headers=call.headers,
                                              data=call.body or None, allow_redirects=False,
                                              timeout=timeout) as resp:
                 body = await resp.content.read(self._max_response + 1)

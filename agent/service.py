@@ -27,7 +27,7 @@ from agent.call import Call, Reply, error_reply
 from agent.config import AgentConfig
 from agent.directory import ServiceDirectory, TooManyServices
 from agent.filters import AgentMetrics, DegradeState, FilterContext, build_chain, run_chain
-from agent.forwarder import Forwarder
+from agent.forwarder import HOP_BY_HOP, Forwarder
 from agent.naming import MetricNaming
 from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
@@ -42,6 +42,7 @@ log = logging.getLogger("tidemark.agent")
 RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
 _CALLER_HEADER = "X-Tidemark-Caller"
 _DEGRADE_SWITCHES = ("degraded", "degrade")
+_DROP_HEADERS = HOP_BY_HOP | {_CALLER_HEADER.lower()}
 
 
 class AgentService:
@@ -234,8 +235,8 @@ class AgentService:
             except TooManyServices as exc:
                 self.agent_metrics.bad_requests.labels("too_many_services").inc()
                 return _response(error_reply(503, str(exc)))
-        headers = CIMultiDict((k, v) for k, v in request.headers.items()
-                              if k.lower() != _CALLER_HEADER.lower())
+        headers = CIMultiDict([(k, v) for k, v in request.headers.items()
+                               if k.lower() not in _DROP_HEADERS])
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
                     body=body, caller=caller)
         reply = await self._chain(call)
@@ -311,5 +312,4 @@ def _is_address(host: str) -> bool:
 
 
 def _response(reply: Reply) -> web.Response:
-    return web.Response(status=reply.status, headers=CIMultiDict(reply.headers),
-                        body=reply.body)
+    return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
