@@ -139,3 +139,61 @@ async def test_kill_9_at_random_moments_loses_nothing_accepted(tmp_path: Path) -
             assert whisper.fetch(str(path), base, now, now=now) is not None
     assert len(must_have) == SHARED_METRICS + runs * METRICS_PER_RUN
     assert sum(len(s) for s in must_have.values()) > 0  # the check above checked something
+
+
+# The child: files may not grow past 64 KiB (RLIMIT_FSIZE), so log writes fail part-way
+# (a torn record) every ~64 KiB; the store must carry on in a new segment each time.
+FULL_DISK_CHILD = r"""
+import asyncio, os, resource, sys, time
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from collector.config import CollectorConfig
+from collector.selfmetrics import CollectorMetrics
+from collector.storage import MetricStore
+
+data_dir, conf_dir, base = sys.argv[1], sys.argv[2], int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+async def main():
+    config = CollectorConfig(data_dir=Path(data_dir), schemas_dir=Path(conf_dir),
+                             wal_fsync_interval_seconds=60, wal_segment_bytes=1 << 30)
+    store = MetricStore(config, CollectorMetrics(CollectorRegistry()))
+    store.pause_writer()
+    await store.start()
+    failures = 0
+    for seq in range(400):
+        store.append([(f"full.m{k}", base + seq, float(seq)) for k in range(20)])
+        while True:
+            try:
+                await store.flush()
+                break
+            except OSError:
+                failures += 1
+    print(failures, len(os.listdir(Path(data_dir) / ".wal")), flush=True)
+    os._exit(0)  # no drain: the next start must replay every segment
+
+asyncio.run(main())
+"""
+
+
+async def test_failed_log_writes_continue_in_a_new_segment(tmp_path: Path) -> None:
+    data, conf = tmp_path / "data", tmp_path / "conf"
+    conf.mkdir()
+    (conf / "storage-schemas.conf").write_text(SCHEMAS)
+    base = int(time.time()) - 3600
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(data), str(conf), str(base)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    failures, segments = map(int, proc.stdout.split())
+    assert failures >= 2 and segments == failures + 1
+    metrics = CollectorMetrics(CollectorRegistry())
+    store = MetricStore(CollectorConfig(data_dir=data, schemas_dir=conf), metrics)
+    store.pause_writer()
+    await store.start()
+    try:
+        assert metrics.wal_replayed_points._value.get() == 400 * 20
+        for k in (0, 19):
+            series = store.fetch(f"full.m{k}", base - 1, base + 400, now=base + 1000)
+            assert series is not None
+            assert [v for v in series.values if v is not None] == [float(s) for s in range(400)]
+    finally:
+        await store.stop()

@@ -69,6 +69,7 @@ class MetricStore:
         self._retention_memo: dict[str, int] = {}
         self._state = "new"
         self._stop_event = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._writer: WhisperWriter | None = None
         self._writer_paused = False
@@ -225,6 +226,10 @@ class MetricStore:
             self._update_gauges()
 
     async def _flush(self) -> None:
+        async with self._flush_lock:  # one group commit at a time, in order
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         with self._cache.lock:
             batch, self._pending = self._pending, []
             epoch = self._epoch
