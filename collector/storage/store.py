@@ -345,7 +345,10 @@ class MetricStore:
         found: set[tuple[str, bool]] = set()
         self._find_on_disk(self.tree.root, parts, 0, "", found)
         depth = len(parts)
+        on_disk = self._writer.on_disk if self._writer is not None else set()
         for name in self._cache.names():
+            if name in on_disk:
+                continue
             kind = match_path(parts, name)
             if kind is not None:
                 found.add((".".join(name.split(".")[:depth]) if not kind else name, kind))

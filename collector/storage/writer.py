@@ -44,6 +44,9 @@ class WhisperWriter:
         self._abort = threading.Event()  # give up now; what is left stays in the log
         self._paused = threading.Event()  # hold writes (backups, tests); a drain overrides
         self._errors = RateLimitedLog(log, per_seconds=10.0)
+        # Metrics whose file this writer has written: find() need not match them in the
+        # cache, since the walk of the tree finds their files (read from other threads).
+        self.on_disk: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="whisper-writer", daemon=True)
 
     def start(self) -> None:
@@ -125,6 +128,7 @@ class WhisperWriter:
                 self._metrics.files_created.inc()
             written = self._tree.write(file_path, points, now=int(self._clock()))
             self._metrics.points_written.inc(written)
+            self.on_disk.add(name)
             self._metrics.whisper_updates.inc()
         except Exception as exc:  # noqa: BLE001 - any failure keeps the points in the log
             self._metrics.write_errors.inc()
