@@ -357,3 +357,17 @@ async def test_symlinked_dir_cannot_carry_writes_outside(tmp_path: Path, conf_di
     assert s.find("*") == [MetricNode("link", False)]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and data not in p.parents
                 and conf_dir not in p.parents]
+
+
+async def test_failed_start_deletes_nothing(tmp_path: Path, conf_dir: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / WAL_DIRNAME).write_bytes(b"in the way")  # the log directory cannot be made
+    s, _ = make_store(data, conf_dir)
+    with pytest.raises(OSError):
+        await s.start()
+    await s.stop()
+    await s.stop()
+    assert (data / WAL_DIRNAME).read_bytes() == b"in the way"
+    with pytest.raises(StoreClosed):
+        s.append([("x", 1, 1.0)])

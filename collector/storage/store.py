@@ -73,6 +73,7 @@ class MetricStore:
         self._flush_task: asyncio.Task[None] | None = None
         self._writer: WhisperWriter | None = None
         self._writer_paused = False
+        self._running_once = False  # start() completed: only then may stop delete segments
         self._stopping: asyncio.Future[None] | None = None
         # Log writes get their own thread: a busy default executor must not delay fsyncs.
         self._wal_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -98,6 +99,7 @@ class MetricStore:
         self._flush_task = asyncio.create_task(self._flush_loop(), name="wal-fsync")
         self._flush_task.add_done_callback(self._flush_task_done)
         self._state = "running"
+        self._running_once = True
 
     def _replay(self) -> int:
         next_epoch = self._wal.open()
@@ -107,6 +109,8 @@ class MetricStore:
             for seg_id, points in self._wal.replay():
                 self._cache.add_locked(points, len(points), seg_id, now)
                 replayed += len(points)
+        for seg_id in self._wal.unreadable:
+            self._pin(seg_id)
         if replayed:
             self._metrics.wal_replayed_points.inc(replayed)
             log.info("replayed the write-ahead log", extra={
@@ -163,7 +167,8 @@ class MetricStore:
 
     def _final_cleanup(self) -> None:
         self._wal.close()
-        self._delete_flushed(final=True)
+        if self._running_once:  # a failed start replayed nothing: delete nothing
+            self._delete_flushed(final=True)
 
     def __del__(self) -> None:
         if getattr(self, "_state", "new") in ("running", "starting", "failed"):

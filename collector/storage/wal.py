@@ -105,6 +105,7 @@ class WriteAheadLog:
         self._sizes: dict[int, int] = {}  # segment id -> bytes, every segment on disk
         self._fd: int | None = None
         self._fd_id: int | None = None
+        self.unreadable: list[int] = []  # segments replay could not read; never delete them
 
     # -- start -------------------------------------------------------------------------
     def open(self) -> int:
@@ -123,8 +124,9 @@ class WriteAheadLog:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                log.error("cannot read write-ahead log segment", extra={
-                    "segment": str(path), "error": str(exc)})
+                log.error("cannot read write-ahead log segment; kept for a later start",
+                          extra={"segment": str(path), "error": str(exc)})
+                self.unreadable.append(seg_id)
                 continue
             records, used = decode_records(data)
             if used != len(data):
