@@ -350,10 +350,10 @@ async def test_symlinked_dir_cannot_carry_writes_outside(tmp_path: Path, conf_di
     (data / "link").symlink_to(outside, target_is_directory=True)
     s, metrics = make_store(data, conf_dir)
     await s.start()
-    s.append([("link.x", int(time.time()), 1.0)])
+    s.append([("link.x", int(time.time()), 1.0), ("link.deeper.y", int(time.time()), 1.0)])
     await s.stop()
-    assert list(outside.iterdir()) == []
-    assert counter(metrics.write_errors) == 1
+    assert list(outside.iterdir()) == []  # neither a file nor a directory was made there
+    assert counter(metrics.write_errors) == 2
     assert s.find("*") == [MetricNode("link", False)]
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and data not in p.parents
                 and conf_dir not in p.parents]

@@ -76,10 +76,17 @@ class WhisperTree:
         """
         target = self.file_path(path)
         parent = os.path.dirname(target)
-        os.makedirs(parent, exist_ok=True)
-        # Defence in depth: a symlinked directory must not carry a new file out of the tree.
-        if not self._inside(os.path.realpath(parent), self._real_root):
-            raise PathEscapeError(f"metric path {path!r} resolves outside the data directory")
+        # Defence in depth: a symlinked directory must not carry a new directory or file
+        # out of the tree; check the deepest existing ancestor, then the made directory.
+        existing = parent
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        for candidate in (existing, parent):
+            if candidate is parent:
+                os.makedirs(parent, exist_ok=True)
+            if not self._inside(os.path.realpath(candidate), self._real_root):
+                raise PathEscapeError(
+                    f"metric path {path!r} resolves outside the data directory")
         tmp = os.path.join(parent, "." + os.path.basename(target) + ".tmp")
         try:
             os.unlink(tmp)  # left by a crash during an earlier creation
