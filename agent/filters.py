@@ -321,7 +321,11 @@ class FailoverFilter:
         if delay_ms is None:
             return await self._attempt(call, node, next_)
         first = asyncio.ensure_future(self._attempt(call, node, next_))
-        done, _ = await asyncio.wait({first}, timeout=delay_ms / 1000.0)
+        try:
+            done, _ = await asyncio.wait({first}, timeout=delay_ms / 1000.0)
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
         if done:
             return first.result()
         backup_node = balancer.pick(endpoints, tried)
@@ -338,7 +342,8 @@ class FailoverFilter:
         fallback: tuple[Reply, Call] | None = None
         try:
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task.exception() is not None:
                         failure = task.exception()

@@ -59,6 +59,7 @@ class AgentService:
         self._stopped = False
         self._runner: web.AppRunner | None = None
         self._registration: Registration | None = None
+        self._register_task: asyncio.Task[None] | None = None
         upstream_host_port = None
         if config.upstream is not None:
             parsed = urllib.parse.urlsplit(config.upstream)
@@ -122,7 +123,9 @@ class AgentService:
         self.port = int(addresses[0][1]) if addresses else port
         if config.is_server_side:
             self.directory.watch(config.service)
-            await self._register()
+            # Registration retries in the background: a registry that is down must not
+            # keep the agent from serving.
+            self._register_task = asyncio.get_running_loop().create_task(self._register())
         self._ready = True
         log.info("agent listening", extra={"service": config.service, "port": self.port,
                                            "role": "server" if config.is_server_side
@@ -140,8 +143,6 @@ class AgentService:
             except Exception as exc:  # noqa: BLE001 - keep serving; retry in the background
                 log.warning("cannot register yet; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
-                if self._stopped:
-                    return
 
     async def stop(self) -> None:
         """Deregister, stop listening (in-flight calls finish), close watches, flush."""
@@ -149,6 +150,10 @@ class AgentService:
             return
         self._stopped = True
         self._ready = False
+        task, self._register_task = self._register_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._registration is not None:
             await self._registration.stop()
         runner, self._runner = self._runner, None

@@ -323,3 +323,30 @@ async def test_user_filters_load_by_import_path_and_bad_ones_are_refused(mesh: M
         AgentService(mesh.config(service="x", filters=("nosuch",)))
     with pytest.raises(ValueError, match="after failover"):
         mesh.config(service="x", filters=("circuit_breaker", "failover"))
+
+
+async def test_server_agent_serves_while_registry_is_down_and_registers_when_back(
+        mesh: Mesh) -> None:
+    from registry.server.app import RegistryServer, RegistryServerConfig
+
+    port = mesh.registry.port
+    assert port is not None
+    await mesh.registry.stop()
+    a = await mesh.upstream("a")
+    server = await mesh.server_agent("user", a)
+    assert (await mesh.get(server, "/healthz"))[0] == 200
+    status, _, body = await mesh.get(server, "/x")
+    assert status == 200 and json.loads(body)["node"] == "a"
+    mesh.registry = RegistryServer(RegistryServerConfig(
+        data_dir=mesh.tmp / "registry", http_port=port))
+    await mesh.registry.start()
+    for _ in range(250):
+        try:
+            snapshot = await mesh.admin.snapshot("user")
+        except Exception:  # noqa: BLE001 - the admin client may still be reconnecting
+            snapshot = None
+        if snapshot is not None and snapshot.nodes:
+            break
+        await asyncio.sleep(0.05)
+    assert snapshot is not None
+    assert [n.address for n in snapshot.nodes] == [f"127.0.0.1:{server.port}"]
