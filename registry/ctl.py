@@ -12,7 +12,7 @@ import getpass
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from registry.model import Node
 from tidemark.errors import UsageError
 from tidemark.logs import configure_logging
 
-__all__ = ["configure_parser", "run"]
+__all__ = ["configure_parser", "run", "main"]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -205,3 +205,22 @@ def run(args: argparse.Namespace) -> int:
     except (RegistryUnavailable, NotFound) as exc:
         print(f"tidemark registryctl: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m registry.ctl``: the same as ``tidemark registryctl`` without loading the
+    other commands."""
+    parser = argparse.ArgumentParser(prog="registryctl", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"tidemark registryctl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,7 +67,9 @@ async def test_watch_gives_current_snapshot_then_changes(backend: Backend) -> No
 
 
 def _registryctl(backend: Backend, tmp_path: Path, *args: str) -> list[str]:
-    command = [sys.executable, "-m", "tidemark", "registryctl", "--registry", backend.url]
+    # `python -m registry.ctl` is `tidemark registryctl` without importing every other
+    # command (test_registry_server.py runs the console script itself).
+    command = [sys.executable, "-m", "registry.ctl", "--registry", backend.url]
     if backend.token:
         token_file = tmp_path / "token"
         token_file.write_text(backend.token + "\n")
