@@ -101,7 +101,7 @@ def test_causal_future_does_not_change_past_scores(name: str) -> None:
 
 @pytest.mark.parametrize(
     "det",
-    [SeasonalResidualDetector(), SeasonalHybridESD(), EnsembleDetector(hold_points=0)],
+    [SeasonalResidualDetector(), SeasonalHybridESD(), EnsembleDetector(hold_seconds=0)],
     ids=["residual", "esd", "ensemble"],
 )
 def test_detects_spike_with_few_false_positives(det) -> None:
@@ -115,7 +115,7 @@ def test_detects_spike_with_few_false_positives(det) -> None:
 
 
 @pytest.mark.parametrize(
-    "det", [CusumDetector(), EnsembleDetector(hold_points=0)], ids=["cusum", "ensemble"]
+    "det", [CusumDetector(), EnsembleDetector(hold_seconds=0)], ids=["cusum", "ensemble"]
 )
 def test_detects_level_shift(det) -> None:
     series = seasonal(8, seed=4)

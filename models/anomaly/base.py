@@ -52,13 +52,16 @@ class _Suppressed:
         return self.inner.signal
 
     def step(self, t: float, x: np.ndarray) -> float:
-        return self.refractory.apply(self.inner.step(t, x))
+        return self.refractory.apply(t, self.inner.step(t, x))
 
     def step_many(self, seconds: np.ndarray, values: np.ndarray) -> np.ndarray:
         many = getattr(self.inner, "step_many", None)
         if many is None:
             return np.array([self.step(float(t), v) for t, v in zip(seconds, values, strict=True)])
-        return np.array([self.refractory.apply(s) for s in many(seconds, values)])
+        scores = many(seconds, values)
+        return np.array(
+            [self.refractory.apply(float(t), s) for t, s in zip(seconds, scores, strict=True)]
+        )
 
 
 class DetectorState(Protocol):
@@ -132,9 +135,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
 
     def _make_state(self, n_features: int) -> DetectorState:
         state = self._new_state(n_features)
-        hold = int(getattr(self, "hold_points", 0) or 0)
+        hold = float(getattr(self, "hold_seconds", 0.0) or 0.0)
         if hold > 0:
-            return _Suppressed(state, Refractory(float(getattr(self, "alarm_level", 0.99)), hold))
+            alarm = float(getattr(self, "alarm_level", 0.99))
+            mode = str(getattr(self, "suppress", "alarm"))
+            return _Suppressed(state, Refractory(alarm, hold, mode=mode))
         return state
 
     @staticmethod

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from models.anomaly.base import BaseDetector
-from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibrator
+from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibrator, per_day_score
 
 __all__ = ["CusumDetector"]
 
@@ -35,6 +35,7 @@ class _CusumState:
         ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
+        self.time_scaling = d.time_scaling
 
     def step(self, t: float, x: np.ndarray) -> float:
         d = self.d
@@ -57,6 +58,7 @@ class _CusumState:
                 stat = max(self.upper[j], self.lower[j])
                 cal = self.calibrators[j]
                 score = cal.score(stat)
+                score = per_day_score(score, base.step_seconds, self.time_scaling)
                 cal.learn(stat)
                 if stat > d.reset_level:
                     self.upper[j] = self.lower[j] = 0.0
@@ -86,8 +88,9 @@ class CusumDetector(BaseDetector):
         history: int = 20000,
         min_history: int = 100,
         tail_index: float = 4.0,
+        time_scaling: float = 0.0,
         threshold: float = 0.999,
-        hold_points: int = 0,
+        hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
     ) -> None:
         self.drift = drift
@@ -99,8 +102,9 @@ class CusumDetector(BaseDetector):
         self.history = history
         self.min_history = min_history
         self.tail_index = tail_index
+        self.time_scaling = time_scaling
         self.threshold = threshold
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
 
     def _new_state(self, n_features: int) -> _CusumState:

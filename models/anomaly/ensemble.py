@@ -14,7 +14,7 @@ from models.anomaly.residual import SeasonalResidualDetector
 
 __all__ = ["EnsembleDetector", "default_members"]
 
-_COMBINERS = ("max", "mean", "weighted")
+_COMBINERS = ("max", "mean", "weighted", "geometric")
 
 
 def default_members() -> list[tuple[str, BaseDetector]]:
@@ -23,10 +23,15 @@ def default_members() -> list[tuple[str, BaseDetector]]:
         (
             "residual",
             SeasonalResidualDetector(
-                error_alpha=0.002, level_alpha=0.5, tail_index=4.0, history=20000, scale_window=5000
+                error_alpha=0.002,
+                level_alpha=0.5,
+                tail_index=4.0,
+                history=20000,
+                scale_window=5000,
+                time_scaling=0.5,
             ),
         ),
-        ("cusum", CusumDetector()),
+        ("cusum", CusumDetector(time_scaling=0.5)),
     ]
 
 
@@ -49,13 +54,16 @@ class _EnsembleState:
         self.expected = np.asarray(self.states[k].expected, dtype=float)
         if self.combine == "max":
             return float(scores[k])
+        if self.combine == "geometric":
+            tails = np.maximum(1.0 - scores, 1e-300)
+            return float(1.0 - np.exp(np.dot(self.weights, np.log(tails)) / self.weights.sum()))
         return float(np.dot(self.weights, scores) / self.weights.sum())
 
 
 class EnsembleDetector(BaseDetector):
     """Combines member detectors' scores (all in [0, 1]): ``combine="max"`` (default),
-    ``"mean"`` or ``"weighted"`` (with ``weights``). With ``hold_points > 0`` a score of at
-    least ``alarm_level`` mutes the next ``hold_points`` scores (one alarm per incident)."""
+    ``"mean"`` or ``"weighted"`` (with ``weights``). With ``hold_seconds > 0`` a score of at
+    least ``alarm_level`` mutes the next scores for ``hold_seconds`` (one alarm per incident)."""
 
     def __init__(
         self,
@@ -64,15 +72,17 @@ class EnsembleDetector(BaseDetector):
         combine: str = "max",
         weights: Sequence[float] | None = None,
         threshold: float = 0.999,
-        hold_points: int = 200,
-        alarm_level: float = 0.999,
+        hold_seconds: float = 60000.0,
+        alarm_level: float = 0.998,
+        suppress: str = "alarm",
     ) -> None:
         self.detectors = detectors
         self.combine = combine
         self.weights = weights
         self.threshold = threshold
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
+        self.suppress = suppress
 
     def members(self) -> list[tuple[str, BaseDetector]]:
         """The (name, detector) members in use."""

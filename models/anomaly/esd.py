@@ -135,7 +135,7 @@ class SeasonalHybridESD(BaseDetector):
         min_points: int = 100,
         daily: bool = True,
         threshold: float = 0.95,
-        hold_points: int = 0,
+        hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
     ) -> None:
         self.window_points = window_points
@@ -143,7 +143,7 @@ class SeasonalHybridESD(BaseDetector):
         self.min_points = min_points
         self.daily = daily
         self.threshold = threshold
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
 
     def _new_state(self, n_features: int) -> _ESDState:

@@ -128,7 +128,7 @@ class IsolationForestDetector(BaseDetector):
         min_history: int = 100,
         tail_index: float = 4.0,
         threshold: float = 0.999,
-        hold_points: int = 0,
+        hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
     ) -> None:
         self.window_points = window_points
@@ -140,7 +140,7 @@ class IsolationForestDetector(BaseDetector):
         self.min_history = min_history
         self.tail_index = tail_index
         self.threshold = threshold
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
 
     def _new_state(self, n_features: int) -> _ForestState:

@@ -17,7 +17,14 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["RollingQuantile", "SeasonalBaseline", "TailCalibrator", "Refractory", "DAY_SECONDS"]
+__all__ = [
+    "RollingQuantile",
+    "SeasonalBaseline",
+    "TailCalibrator",
+    "Refractory",
+    "DAY_SECONDS",
+    "per_day_score",
+]
 
 DAY_SECONDS = 86400.0
 _WEEK_DAYS = 7
@@ -180,21 +187,60 @@ class TailCalibrator:
             self._window.add(r)
 
 
+def per_day_score(
+    score: float,
+    step_seconds: float,
+    exponent: float = 1.0,
+    reference_points_per_day: float = 288.0,
+) -> float:
+    """Rescale a per-point tail probability ``1 - score`` towards a per-time one.
+
+    A tail probability of 1e-3 per point means one such point every ~3.5 days at 5-minute
+    sampling but one every ~6 weeks at hourly sampling; multiplying the tail by
+    ``(points_per_day / reference_points_per_day) ** exponent`` makes scores of differently
+    sampled series comparable (``exponent`` 1: fully per time, 0: per point; identity at
+    5-minute sampling or when the step is unknown).
+    """
+    if math.isnan(step_seconds) or step_seconds <= 0 or exponent == 0:
+        return score
+    factor = ((DAY_SECONDS / step_seconds) / reference_points_per_day) ** exponent
+    return 1.0 - min(1.0, (1.0 - score) * factor)
+
+
 class Refractory:
-    """After a score >= ``alarm_level``, later scores are scaled by ``damping`` for
-    ``hold_points`` points (a detector that keeps firing on one incident helps nobody)."""
+    """Suppression of repeated firings for ``hold_seconds``.
 
-    def __init__(self, alarm_level: float, hold_points: int, damping: float = 0.0) -> None:
+    ``mode="alarm"``: after a score >= ``alarm_level``, scores during the next
+    ``hold_seconds`` are scaled by ``damping``. ``mode="peak"``: a score is scaled by
+    ``damping`` unless it is higher than every raw score of the previous ``hold_seconds``
+    (only the strongest point of an incident keeps its score; needs no alarm level).
+    """
+
+    def __init__(
+        self, alarm_level: float, hold_seconds: float, damping: float = 0.0, mode: str = "alarm"
+    ) -> None:
+        if mode not in ("alarm", "peak"):
+            raise ValueError(f"mode must be 'alarm' or 'peak', got {mode!r}")
         self.alarm_level = alarm_level
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.damping = damping
-        self._left = 0
+        self.mode = mode
+        self._until = -math.inf
+        self._peaks: deque[tuple[float, float]] = deque()  # (time, score), scores decreasing
 
-    def apply(self, score: float) -> float:
-        """The score to report for this point."""
-        if self._left > 0:
-            self._left -= 1
+    def apply(self, t: float, score: float) -> float:
+        """The score to report for the point at time ``t`` (seconds)."""
+        if self.mode == "peak":
+            peaks = self._peaks
+            while peaks and peaks[0][0] < t - self.hold_seconds:
+                peaks.popleft()
+            higher = not peaks or score > peaks[0][1]
+            while peaks and peaks[-1][1] <= score:
+                peaks.pop()
+            peaks.append((t, score))
+            return score if higher else score * self.damping
+        if t < self._until:
             return score * self.damping
-        if score >= self.alarm_level and self.hold_points > 0:
-            self._left = self.hold_points
+        if score >= self.alarm_level and self.hold_seconds > 0:
+            self._until = t + self.hold_seconds
         return score

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from models.anomaly.base import BaseDetector
-from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibrator
+from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibrator, per_day_score
 
 __all__ = ["SeasonalResidualDetector"]
 
@@ -33,7 +33,9 @@ class _ResidualState:
         ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
+        self.time_scaling = d.time_scaling
         self.smoothing = max(1, d.smoothing_points)
+        self.log = d.log_scale
 
     def step(self, t: float, x: np.ndarray) -> float:
         best = 0.0
@@ -42,6 +44,8 @@ class _ResidualState:
             base = self.baselines[j]
             if math.isnan(value):
                 continue
+            if self.log:
+                value = math.copysign(math.log1p(abs(value)), value)
             expected = base.expect(t)
             self.expected[j] = expected
             score = 0.0
@@ -56,6 +60,7 @@ class _ResidualState:
                 raw = z if self.smoothing == 1 else max(z, recent.quantile(0.5))
                 cal = self.calibrators[j]
                 score = cal.score(raw)
+                score = per_day_score(score, base.step_seconds, self.time_scaling)
                 cal.learn(raw)
                 scale.add(residual)
             base.update(t, float(value))
@@ -90,8 +95,10 @@ class SeasonalResidualDetector(BaseDetector):
         history: int = 5000,
         min_history: int = 100,
         tail_index: float = 2.0,
+        log_scale: bool = False,
+        time_scaling: float = 0.0,
         threshold: float = 0.999,
-        hold_points: int = 0,
+        hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
     ) -> None:
         self.daily = daily
@@ -104,8 +111,10 @@ class SeasonalResidualDetector(BaseDetector):
         self.history = history
         self.min_history = min_history
         self.tail_index = tail_index
+        self.log_scale = log_scale
+        self.time_scaling = time_scaling
         self.threshold = threshold
-        self.hold_points = hold_points
+        self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
 
     def _new_state(self, n_features: int) -> _ResidualState:
