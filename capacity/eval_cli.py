@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from capacity.detect_cli import read_series_csv
-from models.anomaly import DEFAULT_DETECTOR, DETECTORS, make_detector
+from models.anomaly import DEFAULT_DETECTOR, DETECTORS, BaseDetector, make_detector
 from models.nab import (
     NAB_PROFILES,
     CostProfile,
@@ -102,19 +102,24 @@ def load_profiles(root: Path, names: Sequence[str] | None) -> list[CostProfile]:
     return [profiles[n] for n in names]
 
 
-def _score_one(task: tuple[str, LabelledFile]) -> tuple[FileScores, float]:
-    detector_name, file = task
+DetectorSpec = str | Callable[[], BaseDetector]
+
+
+def _score_one(task: tuple[DetectorSpec, LabelledFile]) -> tuple[FileScores, float]:
+    spec, file = task
     _, values = read_series_csv(file.path)
     started = time.process_time()
-    scores = make_detector(detector_name).fit_anomaly_score(values)
+    detector = make_detector(spec) if isinstance(spec, str) else spec()
+    scores = detector.fit_anomaly_score(values)
     elapsed = time.process_time() - started
     return FileScores(file.name, values.index, np.clip(scores, 0.0, 1.0), file.windows), elapsed
 
 
 def score_files(
-    detector: str, files: Sequence[LabelledFile], jobs: int = 1
+    detector: DetectorSpec, files: Sequence[LabelledFile], jobs: int = 1
 ) -> tuple[list[FileScores], float]:
-    """Causal scores of every file; returns them with the CPU seconds spent scoring."""
+    """Causal scores of every file (``detector``: a name or a picklable factory); returns
+    them with the CPU seconds spent scoring."""
     tasks = [(detector, f) for f in files]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
@@ -139,7 +144,10 @@ class DetectorReport:
 
 
 def evaluate_detector(
-    detector: str, files: Sequence[LabelledFile], profiles: Sequence[CostProfile], jobs: int = 1
+    detector: DetectorSpec,
+    files: Sequence[LabelledFile],
+    profiles: Sequence[CostProfile],
+    jobs: int = 1,
 ) -> DetectorReport:
     """Score ``detector`` on ``files`` under each profile."""
     scored, cpu = score_files(detector, files, jobs)
@@ -147,7 +155,7 @@ def evaluate_detector(
     ref = results.get("standard") or next(iter(results.values()))
     events = event_metrics(scored, ref.threshold)
     return DetectorReport(
-        detector,
+        detector if isinstance(detector, str) else getattr(detector, "__name__", repr(detector)),
         {k: r.normalized_score for k, r in results.items()},
         {k: r.threshold for k, r in results.items()},
         {k: (r.true_positives, r.false_positives, r.false_negatives) for k, r in results.items()},
