@@ -55,7 +55,8 @@ class RegistryServer:
         self.store = RegistryStore(config.data_dir / "registry.sqlite3",
                                    **({"clock": clock} if clock else {}))
         self.store.on_change = self._notify
-        self._changed = asyncio.Event()
+        self._changed_any = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}
         self._stopping = False
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -75,12 +76,26 @@ class RegistryServer:
         """Count an accepted write."""
         self._writes.labels(op).inc()
 
-    def _notify(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+    def _notify(self, service: str | None = None) -> None:
+        """Wake long polls on ``service`` and prefix watches (``None``: wake everyone)."""
+        if service is None:
+            events = [self._changed_any, *self._changed.values()]
+            self._changed.clear()
+        else:
+            events = [self._changed_any]
+            if service in self._changed:
+                events.append(self._changed.pop(service))
+        self._changed_any = asyncio.Event()
+        for event in events:
+            event.set()
 
-    async def wait_for(self, done: Callable[[], bool], wait_seconds: float) -> None:
-        """Return when ``done()`` holds, ``wait_seconds`` pass, or the server stops."""
+    async def wait_for(self, done: Callable[[], bool], wait_seconds: float,
+                       service: str | None = None) -> None:
+        """Return when ``done()`` holds, ``wait_seconds`` pass, or the server stops.
+
+        Waiters on one service are woken only by changes to it; ``service=None`` waits for
+        any change (prefix watches).
+        """
         if done() or wait_seconds <= 0:
             return
         loop = asyncio.get_running_loop()
@@ -91,9 +106,13 @@ class RegistryServer:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
+                if service is None:
+                    event = self._changed_any
+                else:
+                    event = self._changed.setdefault(service, asyncio.Event())
                 try:
                     async with asyncio.timeout(remaining):
-                        await self._changed.wait()
+                        await event.wait()
                 except TimeoutError:
                     return
         finally:

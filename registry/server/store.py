@@ -59,7 +59,7 @@ class RegistryStore:
         self._services: dict[str, _Service] = {}
         self.revision = 0
         self._encoded: dict[str, tuple[bytes, int]] = {}
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change: Callable[[str], None] = lambda service: None
 
     def open(self) -> None:
         """Open (creating) the database and load everything into memory."""
@@ -185,7 +185,7 @@ class RegistryStore:
             base.deadline[node.id] = state.deadline[node.id]  # nothing changed but liveness
             return base.revision
         revision = self._commit(service, state, node_upsert=(node, ttl_seconds))
-        self.on_change()
+        self.on_change(service)
         return revision
 
     def heartbeat(self, service: str, node_id: str) -> bool:
@@ -213,7 +213,7 @@ class RegistryStore:
                          ttl={k: v for k, v in base.ttl.items() if k not in gone},
                          deadline={k: v for k, v in base.deadline.items() if k not in gone})
         self._commit(service, state, node_delete=gone)
-        self.on_change()
+        self.on_change(service)
         return len(gone)
 
     def expire(self) -> int:
@@ -237,5 +237,5 @@ class RegistryStore:
                          revision=base.revision, nodes=base.nodes, ttl=base.ttl,
                          deadline=base.deadline)
         self._commit(service, state, config=True)
-        self.on_change()
+        self.on_change(service)
         return command

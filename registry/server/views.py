@@ -100,7 +100,8 @@ async def get_service(request: web.Request) -> web.Response:
     service = _path_name(request, "service", "service")
     index, wait = _long_poll_args(request)
     server = _server(request)
-    await server.wait_for(lambda: server.store.service_revision(service) > index, wait)
+    await server.wait_for(lambda: server.store.service_revision(service) > index, wait,
+                          service)
     body, revision = server.store.snapshot_json(service)
     return web.Response(body=body, content_type="application/json",
                         headers={"X-Registry-Index": str(revision)})
