@@ -118,8 +118,11 @@ async def test_long_poll_returns_on_change(http: tuple[aiohttp.ClientSession, st
             return dict(await response.json())
 
     waiting = asyncio.ensure_future(poll())
+    async with session.post(f"{base}/v1/services/other/commands", headers=AUTH,
+                            json={"kind": "restore", "who": "a"}) as response:
+        assert response.status == 201
     await asyncio.sleep(0.3)
-    assert not waiting.done(), "a long poll with nothing new must wait"
+    assert not waiting.done(), "a long poll must wait while only other services change"
     async with session.post(f"{base}/v1/services/svc/commands", headers=AUTH,
                             json={"kind": "switches", "who": "a",
                                   "args": {"switches": {"on": True}}}) as response:
@@ -132,7 +135,7 @@ async def test_long_poll_returns_on_change(http: tuple[aiohttp.ClientSession, st
         assert response.status == 400 and "index" in (await response.json())["error"]
     async with session.get(f"{base}/v1/watch", params={"prefix": "", "index": "0"}) as response:
         data = await response.json()
-        assert [s["service"] for s in data["snapshots"]] == ["svc"]
+        assert [s["service"] for s in data["snapshots"]] == ["other", "svc"]
 
 
 async def test_healthz_and_metrics(http: tuple[aiohttp.ClientSession, str]) -> None:
