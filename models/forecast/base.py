@@ -255,6 +255,7 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
 
     # -- to implement -------------------------------------------------------------
     def _fit_values(self, values: np.ndarray, seasons: tuple[int, ...]) -> None:
+        """Learn from prepared values; ``self.index_`` and ``self.freq_`` are already set."""
         raise NotImplementedError
 
     def _predict_mean(self, horizon: int) -> np.ndarray:
@@ -280,6 +281,8 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
                 continue
             usable = tuple(m for m in seasons if origin >= 2 * m)
             model = clone(self)
+            model.index_ = self.index_[:origin]
+            model.freq_ = self.freq_
             model._fit_values(values[:origin], usable)
             mean = model._predict_mean(horizon)
             actual = values[origin : origin + horizon]
@@ -305,9 +308,13 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
             y, getattr(self, "seasons", None), adjust_level_shifts=self._adjust_level_shifts
         )
         notes = list(prepared.warnings)
+        self.index_ = prepared.index
+        self.freq_ = prepared.freq
         self._fit_values(prepared.values, prepared.seasons)
         horizon = self._backtest_horizon(prepared.seasons)
-        errors = self._backtest_errors(prepared.values, prepared.observed, prepared.seasons, horizon)
+        errors = self._backtest_errors(
+            prepared.values, prepared.observed, prepared.seasons, horizon
+        )
         if not np.isfinite(errors).any():
             notes.append(
                 f"history of {prepared.values.size} points is too short for a backtest of "
@@ -315,8 +322,6 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
             )
             errors = self._fallback_errors(prepared.values, horizon)
         self.calibration_: HorizonCalibration = calibrate_from_errors(errors, coverage)
-        self.index_ = prepared.index
-        self.freq_ = prepared.freq
         self.seasons_ = prepared.seasons
         self.warnings_ = notes
         for note in notes:
@@ -329,4 +334,6 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
         horizon = check_horizon(horizon)
         mean = np.asarray(self._predict_mean(horizon), dtype=float)
         lower, upper = self.calibration_.bounds(mean)
-        return forecast_frame(future_index(self.index_[-1], self.freq_, horizon), mean, lower, upper)
+        return forecast_frame(
+            future_index(self.index_[-1], self.freq_, horizon), mean, lower, upper
+        )

@@ -75,7 +75,9 @@ def _smooth_scale(rms: np.ndarray) -> np.ndarray:
         a, b = float(np.mean(rms[good])), 0.0
     if a < 0:
         a = 0.0
-        b = float(np.dot(np.sqrt(steps[good]), rms[good]) / np.dot(steps[good], np.ones(good.sum())))
+        b = float(
+            np.dot(np.sqrt(steps[good]), rms[good]) / np.dot(steps[good], np.ones(good.sum()))
+        )
     return a + b * np.sqrt(steps)
 
 

@@ -58,14 +58,18 @@ def as_series_dict(series: SeriesCollection) -> dict[str, pd.Series]:
 class _Layout:
     """Feature geometry shared by every series of one fit (periods, lags, horizon)."""
 
-    def __init__(self, period: int, week: int | None, n_lags: int, n_season_lags: int, horizon: int):
+    def __init__(
+        self, period: int, week: int | None, n_lags: int, n_season_lags: int, horizon: int
+    ):
         self.period = period
         self.week = week
         self.n_lags = n_lags
         self.n_season_lags = n_season_lags
         self.horizon = horizon
-        self.pad = n_lags + period * (int(np.ceil(horizon / period)) + n_season_lags) + 2 * (
-            (week or 0) * (int(np.ceil(horizon / week)) + 1) if week else 0
+        self.pad = (
+            n_lags
+            + period * (int(np.ceil(horizon / period)) + n_season_lags)
+            + 2 * ((week or 0) * (int(np.ceil(horizon / week)) + 1) if week else 0)
         )
 
 
@@ -98,7 +102,9 @@ def _features(
     columns.append(padded[base[:, None] - lags[None, :]] / level[:, None])
     cycles = np.ceil(steps / layout.period).astype(int)
     season_lags = np.arange(layout.n_season_lags)
-    aligned = base[:, None] + steps[:, None] - layout.period * (cycles[:, None] + season_lags[None, :])
+    aligned = (
+        base[:, None] + steps[:, None] - layout.period * (cycles[:, None] + season_lags[None, :])
+    )
     seasonal = padded[aligned] / level[:, None]
     columns.append(seasonal)
     with warnings.catch_warnings():
@@ -135,6 +141,8 @@ class GlobalGBMForecaster(BaseForecaster):
     max_iter, learning_rate, max_leaf_nodes, min_samples_leaf, l2_regularization, loss :
         passed to ``HistGradientBoostingRegressor``.
     n_backtests : refitted backtest windows for the intervals of a single-series fit.
+    holdout_windows : for ``fit_many``, windows of ``max_horizon`` points held out at the end
+        of each series: not trained on, forecast out of sample to calibrate the intervals.
     n_threads : OpenMP threads for the booster (None: all cores). The default, 1, is much
         faster on a busy machine, where spinning OpenMP threads wait for each other.
     random_state : seed for the row sampling and the booster.
@@ -158,6 +166,7 @@ class GlobalGBMForecaster(BaseForecaster):
         l2_regularization: float = 0.0,
         loss: str = "absolute_error",
         n_backtests: int = 3,
+        holdout_windows: int = 1,
         n_threads: int | None = 1,
         random_state: int = 0,
     ) -> None:
@@ -175,6 +184,7 @@ class GlobalGBMForecaster(BaseForecaster):
         self.l2_regularization = l2_regularization
         self.loss = loss
         self.n_backtests = n_backtests
+        self.holdout_windows = holdout_windows
         self.n_threads = n_threads
         self.random_state = random_state
 
@@ -183,9 +193,13 @@ class GlobalGBMForecaster(BaseForecaster):
         period = seasons[0] if seasons else 24
         week = seasons[1] if len(seasons) > 1 else None
         horizon = self.max_horizon if self.max_horizon is not None else 2 * period
-        return _Layout(period, week, int(self.n_lags), int(self.n_season_lags), check_horizon(horizon))
+        return _Layout(
+            period, week, int(self.n_lags), int(self.n_season_lags), check_horizon(horizon)
+        )
 
-    def _calendar(self, index: pd.DatetimeIndex, extra: int) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    def _calendar(
+        self, index: pd.DatetimeIndex, extra: int
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         if not self.calendar:
             return None, None
         full = pd.date_range(index[0], periods=index.size + extra, freq=index.freq)
@@ -246,9 +260,7 @@ class GlobalGBMForecaster(BaseForecaster):
             )
         return np.vstack(blocks_x), np.concatenate(blocks_y).astype(np.float32)
 
-    def _forecast_from(
-        self, series: PreparedSeries, origin: int, layout: _Layout
-    ) -> np.ndarray:
+    def _forecast_from(self, series: PreparedSeries, origin: int, layout: _Layout) -> np.ndarray:
         steps = np.arange(1, layout.horizon + 1)
         origins = np.full(layout.horizon, origin)
         hours, weekdays = self._calendar(series.index, layout.horizon)
@@ -258,13 +270,12 @@ class GlobalGBMForecaster(BaseForecaster):
 
     # -- single series (BaseForecaster hooks) ----------------------------------------
     def _fit_values(self, values: np.ndarray, seasons: tuple[int, ...]) -> None:
-        layout = self._layout(tuple(self.seasons_hint_) if hasattr(self, "seasons_hint_") else seasons)
-        index = pd.date_range("2000-01-03", periods=values.size, freq="h")
+        layout = self._layout(seasons)
         series = PreparedSeries(
             values=values,
             observed=np.ones(values.size, dtype=bool),
-            index=getattr(self, "_index_hint", index)[: values.size],
-            freq=index.freq,
+            index=self.index_[: values.size],
+            freq=self.freq_,
             seasons=seasons,
             warnings=(),
         )
@@ -289,13 +300,7 @@ class GlobalGBMForecaster(BaseForecaster):
 
     def fit(self, y: pd.Series) -> GlobalGBMForecaster:
         """Learn from one series; intervals come from refitted rolling-origin backtests."""
-        prepared = prepare_series(y, self.seasons, adjust_level_shifts=False)
-        self._index_hint = prepared.index
-        self.seasons_hint_ = self._feature_seasons(prepared)
-        try:
-            super().fit(y)
-        finally:
-            del self._index_hint
+        super().fit(y)
         self.names_ = None
         return self
 
@@ -327,33 +332,65 @@ class GlobalGBMForecaster(BaseForecaster):
             )
         seasons = self._feature_seasons(next(iter(prepared.values())))
         layout = self._layout(seasons)
+        windows = int(self.holdout_windows)
+        if windows < 1:
+            raise ValueError(f"holdout_windows must be >= 1, got {self.holdout_windows}")
         items = list(prepared.values())
-        ends = [max(p.values.size - layout.horizon, 0) for p in items]
+        ends = [max(p.values.size - windows * layout.horizon, 0) for p in items]
         rng = np.random.default_rng(self.random_state)
         x, y = self._training_rows(items, ends, layout, rng)
         with self._threads():
             self.booster_ = self._booster().fit(x, y)
-        errors = np.full((len(items), layout.horizon), np.nan)
-        scales = np.ones(len(items))
-        for row, (p, end) in enumerate(zip(items, ends, strict=True)):
-            if end <= layout.period:
-                continue
-            mean = self._forecast_from(p, end, layout)
-            actual = p.values[end : end + layout.horizon]
-            scales[row] = _error_scale(p.values[:end], layout.period)
-            errors[row] = np.where(p.observed[end:], actual - mean, np.nan) / scales[row]
-        self.errors_ = errors * scales[:, None]
-        self.scales_ = {name: _error_scale(p.values, layout.period) for name, p in prepared.items()}
-        self.calibration_ = _fleet_calibration(errors, coverage, notes, list(prepared))
         self.layout_ = layout
+        # Out-of-sample forecasts of the held-out windows (oldest first) for calibration.
+        means = np.full((len(items), windows, layout.horizon), np.nan)
+        actuals = np.full_like(means, np.nan)
+        jobs: list[tuple[int, int, int]] = []
+        for row, p in enumerate(items):
+            for w in range(windows):
+                origin = p.values.size - (windows - w) * layout.horizon
+                if origin > layout.period:
+                    jobs.append((row, w, origin))
+                    stop = origin + layout.horizon
+                    actuals[row, w] = np.where(
+                        p.observed[origin:stop], p.values[origin:stop], np.nan
+                    )
+        if jobs:
+            forecasts = self._batch_forecast([(items[r], o) for r, _, o in jobs])
+            for (row, w, _), mean in zip(jobs, forecasts, strict=True):
+                means[row, w] = mean
+        scales = np.array([_error_scale(p.values, layout.period) for p in items])
+        self.holdout_means_ = dict(zip(prepared, means, strict=True))
+        self.holdout_actuals_ = dict(zip(prepared, actuals, strict=True))
+        self.scales_ = dict(zip(prepared, scales, strict=True))
+        normalised = ((actuals - means) / scales[:, None, None]).reshape(-1, layout.horizon)
+        self.calibration_ = _fleet_calibration(normalised, coverage, notes, list(prepared))
         self.prepared_ = prepared
         self.names_ = list(prepared)
         self.seasons_ = seasons
+        self._mean_cache = None
         self.warnings_ = {name: note for name, note in notes.items() if note}
         for name, note in self.warnings_.items():
             for line in note:
-                warnings.warn(f"GlobalGBMForecaster: series {name}: {line}", ForecastWarning, stacklevel=2)
+                message = f"GlobalGBMForecaster: series {name}: {line}"
+                warnings.warn(message, ForecastWarning, stacklevel=2)
         return self
+
+    def _batch_forecast(self, jobs: list[tuple[PreparedSeries, int]]) -> list[np.ndarray]:
+        """Mean forecasts (max_horizon steps) from each (series, origin) in one predict call."""
+        layout = self.layout_
+        steps = np.arange(1, layout.horizon + 1)
+        blocks: list[np.ndarray] = []
+        levels: list[np.ndarray] = []
+        for p, origin in jobs:
+            hours, weekdays = self._calendar(p.index, layout.horizon)
+            origins = np.full(layout.horizon, origin)
+            features, level = _features(p.values[:origin], origins, steps, layout, hours, weekdays)
+            blocks.append(features)
+            levels.append(level)
+        with self._threads():
+            predicted = self.booster_.predict(np.vstack(blocks)) * np.concatenate(levels)
+        return list(predicted.reshape(len(jobs), layout.horizon))
 
     def predict_many(self, horizon: int) -> dict[str, pd.DataFrame]:
         """Forecasts of every series given to ``fit_many``, by name."""
@@ -366,35 +403,16 @@ class GlobalGBMForecaster(BaseForecaster):
                 f"horizon {horizon} is longer than max_horizon={self.layout_.horizon} "
                 "this model was trained for"
             )
-        return {name: self._frame(name, self.mean_many(horizon)[name]) for name in self.names_}
+        means = self.mean_many(horizon)
+        return {name: self._frame(name, means[name]) for name in self.names_}
 
     def mean_many(self, horizon: int) -> dict[str, np.ndarray]:
         """Mean forecasts only (no intervals) of every series given to ``fit_many``."""
         check_is_fitted(self, "calibration_")
-        cached = getattr(self, "_mean_cache", None)
-        if cached is None or cached[0] != id(self.booster_):
-            means = self._batch_means()
-            self._mean_cache = (id(self.booster_), means)
-        means = self._mean_cache[1]
-        return {name: value[:horizon] for name, value in means.items()}
-
-    def _batch_means(self) -> dict[str, np.ndarray]:
-        layout = self.layout_
-        blocks: list[np.ndarray] = []
-        levels: list[np.ndarray] = []
-        for p in self.prepared_.values():
-            steps = np.arange(1, layout.horizon + 1)
-            origins = np.full(layout.horizon, p.values.size)
-            hours, weekdays = self._calendar(p.index, layout.horizon)
-            features, level = _features(p.values, origins, steps, layout, hours, weekdays)
-            blocks.append(features)
-            levels.append(level)
-        with self._threads():
-            predicted = self.booster_.predict(np.vstack(blocks)) * np.concatenate(levels)
-        return {
-            name: predicted[k * layout.horizon : (k + 1) * layout.horizon]
-            for k, name in enumerate(self.prepared_)
-        }
+        if self._mean_cache is None:
+            jobs = [(p, p.values.size) for p in self.prepared_.values()]
+            self._mean_cache = dict(zip(self.prepared_, self._batch_forecast(jobs), strict=True))
+        return {name: value[:horizon] for name, value in self._mean_cache.items()}
 
     def _frame(self, name: str, mean: np.ndarray) -> pd.DataFrame:
         p = self.prepared_[name]

@@ -50,7 +50,9 @@ def smape(actual: Iterable[float], forecast: Iterable[float]) -> float:
     f = _as_float(forecast, "forecast")
     _same_length(y, f, "forecast")
     denominator = np.abs(y) + np.abs(f)
-    terms = np.where(denominator == 0, 0.0, 200.0 * np.abs(y - f) / np.where(denominator == 0, 1, denominator))
+    terms = np.where(
+        denominator == 0, 0.0, 200.0 * np.abs(y - f) / np.where(denominator == 0, 1, denominator)
+    )
     return float(np.mean(terms))
 
 
@@ -114,7 +116,10 @@ def _acf(values: np.ndarray, max_lag: int) -> np.ndarray:
     if denominator == 0:
         return np.zeros(max_lag)
     return np.array(
-        [float(np.dot(centred[lag:], centred[:-lag])) / denominator for lag in range(1, max_lag + 1)]
+        [
+            float(np.dot(centred[lag:], centred[:-lag])) / denominator
+            for lag in range(1, max_lag + 1)
+        ]
     )
 
 
@@ -164,9 +169,7 @@ def naive2_forecast(insample: Iterable[float], horizon: int, season: int) -> np.
     return np.full(horizon, y[-1], dtype=float)
 
 
-def owa(
-    smape_model: float, mase_model: float, smape_naive2: float, mase_naive2: float
-) -> float:
+def owa(smape_model: float, mase_model: float, smape_naive2: float, mase_naive2: float) -> float:
     """Overall weighted average: mean of the sMAPE and MASE ratios to Naive2's."""
     if smape_naive2 <= 0 or mase_naive2 <= 0:
         raise ValueError("Naive2 sMAPE and MASE must be positive")
@@ -190,4 +193,3 @@ def m4_frame_to_series(
         index = pd.date_range(start, periods=row.size, freq=freq)
         series[name] = pd.Series(row, index=index, name=name)
     return series
-
