@@ -59,6 +59,23 @@ class MetricCache:
             self._inflight[path] = (points, epoch, arrival)
             return points, epoch
 
+    def requeue(self, path: str) -> None:
+        """Put a taken metric's points back (before newer ones) to retry them later."""
+        with self.lock:
+            entry = self._inflight.get(path)
+            if entry is None:
+                return
+            points, epoch, arrival = entry
+            newer = self._points.get(path)
+            if newer is None:
+                self._points[path] = list(points)
+                self._first[path] = (epoch, arrival)
+            else:
+                self._points[path] = points + newer
+                e, a = self._first[path]
+                self._first[path] = (min(e, epoch), min(a, arrival))
+            self.size += len(points)  # done() subtracts them again
+
     def done(self, path: str) -> None:
         """The writer finished (or gave up on) a metric taken with :meth:`take`."""
         with self.lock:

@@ -29,7 +29,8 @@ class WhisperWriter:
     def __init__(self, cache: MetricCache, tree: WhisperTree, rules: StorageRules,
                  metrics: CollectorMetrics, *, clock: Callable[[], float],
                  max_updates_per_second: float, after_pass: Callable[[], None],
-                 on_failure: Callable[[int], None], idle_seconds: float = 0.05) -> None:
+                 on_failure: Callable[[int], None], idle_seconds: float = 0.05,
+                 failure_backoff_seconds: float = 1.0) -> None:
         self._cache = cache
         self._tree = tree
         self._rules = rules
@@ -39,6 +40,7 @@ class WhisperWriter:
         self._after_pass = after_pass
         self._on_failure = on_failure
         self._idle_seconds = idle_seconds
+        self._failure_backoff_seconds = failure_backoff_seconds
         self._wake = threading.Event()
         self._draining = threading.Event()  # stop requested: write all, no rate limit, exit
         self._abort = threading.Event()  # give up now; what is left stays in the log
@@ -94,15 +96,20 @@ class WhisperWriter:
                 log.exception("whisper writer pass failed")
                 time.sleep(0.1)
                 continue
-            if not wrote:
+            attempted, succeeded = wrote
+            if not attempted:
                 if self._draining.is_set():
                     return
                 self._wake.wait(self._idle_seconds)
                 self._wake.clear()
+            elif not succeeded:  # every write failed (disk full?): do not spin
+                self._wake.wait(self._failure_backoff_seconds)
+                self._wake.clear()
 
-    def _one_pass(self) -> bool:
+    def _one_pass(self) -> tuple[bool, bool]:
         names = self._cache.drain_order()
         next_at = time.monotonic()
+        succeeded = False
         for name in names:
             if self._abort.is_set() or self._held():
                 break
@@ -111,14 +118,20 @@ class WhisperWriter:
                 if delay > 0:
                     self._wake.wait(delay)
                 next_at = max(next_at, time.monotonic()) + self._min_interval
-            self.write_metric(name)
-        return bool(names)
+            succeeded = self.write_metric(name) or succeeded
+        return bool(names), succeeded
 
-    def write_metric(self, name: str) -> None:
-        """Write one metric's cached points to its file, creating it first if needed."""
+    def write_metric(self, name: str) -> bool:
+        """Write one metric's cached points to its file, creating it first if needed.
+
+        An OSError (disk full, I/O error, permissions) puts the points back in the cache to
+        retry in a later pass (while draining for stop: they stay in the log instead); any
+        other failure (a corrupt file, a path leading outside the tree) leaves them in the
+        log for the next start. Returns True when the points were written.
+        """
         taken = self._cache.take(name)
         if taken is None:
-            return
+            return False
         points, epoch = taken
         try:
             file_path = self._tree.file_path(name)
@@ -130,11 +143,22 @@ class WhisperWriter:
             self._metrics.points_written.inc(written)
             self.on_disk.add(name)
             self._metrics.whisper_updates.inc()
+            return True
+        except OSError as exc:
+            self._metrics.write_errors.inc()
+            if self._draining.is_set():
+                self._on_failure(epoch)
+            else:
+                self._cache.requeue(name)
+            self._errors.warning(f"write:{type(exc).__name__}", "whisper write failed; "
+                                 "retrying", metric=name, error=str(exc))
+            return False
         except Exception as exc:  # noqa: BLE001 - any failure keeps the points in the log
             self._metrics.write_errors.inc()
             self._on_failure(epoch)
             self._errors.warning(f"write:{type(exc).__name__}", "whisper write failed; "
                                  "points kept in the write-ahead log", metric=name,
                                  error=str(exc))
+            return False
         finally:
             self._cache.done(name)
