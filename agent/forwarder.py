@@ -50,11 +50,7 @@ class Forwarder:
             async with self._session.request(call.method, url, headers=call.headers,
                                              data=call.body or None, allow_redirects=False,
                                              timeout=timeout) as resp:
-                body = await resp.content.read(self._max_response + 1)
-                if len(body) > self._max_response:
-                    call.error = "5xx"
-                    raise UpstreamError("5xx", f"node {call.node.id} answered more than "
-                                        f"max_response_bytes={self._max_response}")
+                body = await self._read_body(resp, call)
                 out_headers = CIMultiDict((k, v) for k, v in resp.headers.items()
                                           if k.lower() not in HOP_BY_HOP)
                 return Reply(resp.status, out_headers, body)
@@ -69,3 +65,19 @@ class Forwarder:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError("connection", f"node {call.node.id} failed: "
                                 f"{type(exc).__name__}: {exc}") from None
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, call: Call) -> bytes:
+        """The whole body, refusing more than ``max_response_bytes``."""
+        limit = self._max_response
+        if resp.content_length is not None and resp.content_length <= limit:
+            return await resp.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                assert call.node is not None
+                raise UpstreamError("5xx", f"node {call.node.id} answered more than "
+                                    f"max_response_bytes={limit}")
+            chunks.append(chunk)
+        return b"".join(chunks)
