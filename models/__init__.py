@@ -31,3 +31,25 @@ __all__ += [
     "SeasonalResidualDetector",
     "WindowedGaussianDetector",
 ]
+
+# capacity curve and synthetic traffic (models/capacity_curve.py, models/synthetic)
+from models.capacity_curve import CapacityCurve, CapacityEstimate  # noqa: E402
+from models.synthetic import (  # noqa: E402
+    FlashCrowd,
+    LevelShift,
+    MMcNode,
+    Outage,
+    SyntheticTraffic,
+    generate_traffic,
+)
+
+__all__ += [
+    "CapacityCurve",
+    "CapacityEstimate",
+    "FlashCrowd",
+    "LevelShift",
+    "MMcNode",
+    "Outage",
+    "SyntheticTraffic",
+    "generate_traffic",
+]
