@@ -228,7 +228,7 @@ class MetricStore:
             except OSError as exc:  # e.g. disk full: points stay pending, retried next tick
                 self._wal_errors.warning("wal", "write-ahead log write failed; retrying",
                                          error=str(exc))
-            self._update_gauges()
+            self._update_gauges(lag=False)  # the O(metrics) lag scan runs on the writer
 
     async def _flush(self) -> None:
         async with self._flush_lock:  # one group commit at a time, in order
@@ -272,6 +272,10 @@ class MetricStore:
         self._update_gauges()
 
     def _delete_flushed(self, *, final: bool) -> None:
+        if not final:
+            ids = self._wal.segment_ids
+            if not ids or ids[0] >= self._epoch:
+                return  # no closed segment: skip the scan of the cache
         # One critical section: a flush rotating the epoch between reading the cache and
         # reading the epoch would otherwise let a segment holding cached points go.
         with self._cache.lock:
@@ -285,11 +289,13 @@ class MetricStore:
         bound = min(bounds) if bounds else 1 << 62
         self._wal.delete_below(bound, self._data_dir)
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, *, lag: bool = True) -> None:
         m = self._metrics
         m.cache_points.set(self._cache.size)
         m.cache_metrics.set(self._cache.metric_count)
         m.wal_bytes.set(self._wal.total_bytes)
+        if not lag:
+            return
         _, arrival = self._cache.oldest()
         m.flush_lag_seconds.set(max(0.0, self._clock() - arrival) if arrival is not None else 0.0)
 
