@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import tempfile
 import threading
@@ -393,6 +394,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every peer started below is stopped and cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     per_metric = args.points // args.metrics
     now = int(time.time()) // STEP * STEP
     workload = Workload(
