@@ -62,6 +62,9 @@ class AgentMetrics:
         self.breaker_opened = Counter("tidemark_agent_breaker_opened_total",
                                       "Times a node's circuit breaker opened", ["service"],
                                       registry=registry)
+        self.internal_errors = Counter("tidemark_agent_internal_errors_total",
+                                       "Calls that failed inside the agent (a bug)",
+                                       registry=registry)
         self.bad_requests = Counter("tidemark_agent_bad_requests_total",
                                     "Requests refused as malformed or too large", ["reason"],
                                     registry=registry)

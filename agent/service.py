@@ -244,7 +244,12 @@ class AgentService:
                                if k.lower() not in _DROP_HEADERS])
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
                     body=body, caller=caller)
-        reply = await self._chain(call)
+        try:
+            reply = await self._chain(call)
+        except Exception:  # a filter bug must cost one call, never the agent
+            self.agent_metrics.internal_errors.inc()
+            log.exception("call failed inside the agent", extra={"service": service})
+            return _response(error_reply(500, "internal error in the agent"))
         return _response(reply)
 
     async def _runtime(self, request: web.Request) -> web.Response:

@@ -296,6 +296,18 @@ async def test_collector_gone_does_not_affect_calls(tmp_path: Path) -> None:
         await mesh.close()
 
 
+class BrokenFilter:
+    """A user filter with a bug."""
+
+    name = "broken"
+
+    def __init__(self, ctx: object) -> None:
+        pass
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        raise RuntimeError("bug in a filter")
+
+
 class TagFilter:
     """A user filter loaded by import path: tags every answer."""
 
@@ -317,6 +329,10 @@ async def test_user_filters_load_by_import_path_and_bad_ones_are_refused(mesh: M
     await mesh.wait_nodes(client, "user", 1)
     status, headers, _ = await mesh.get(client, "/user/")
     assert status == 200 and headers["X-Tagged"] == "user"
+    broken = await mesh.client_agent("web2", filters=("tests.test_agent_sidecar:BrokenFilter",))
+    status, _, body = await mesh.get(broken, "/user/")
+    assert status == 500 and json.loads(body)["error"] == "internal error in the agent"
+    assert (await mesh.get(broken, "/healthz"))[0] == 200
     with pytest.raises(ValueError, match="cannot be loaded"):
         AgentService(mesh.config(service="x", filters=("nosuch.module:Filter",)))
     with pytest.raises(ValueError, match="neither built in"):
