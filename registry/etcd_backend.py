@@ -129,13 +129,23 @@ class EtcdRegistryClient(BaseClient):
         return RegistryUnavailable(f"etcd: {type(exc).__name__}: {exc}")
 
     async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        client = await self._etcd()
-        try:
-            return await getattr(client, op)(*args, **kwargs)
-        except aetcd.exceptions.InvalidArgumentError as exc:
-            raise ValueError(f"etcd rejected {op}: {exc}") from exc
-        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
-            raise await self._failed(client, exc) from exc
+        """Run one aetcd call; on a connection failure try each other endpoint once."""
+        error: RegistryUnavailable | None = None
+        for _ in range(len(self._endpoints)):
+            try:
+                client = await self._etcd()
+            except RegistryUnavailable as exc:
+                error = exc
+                continue
+            try:
+                return await getattr(client, op)(*args, **kwargs)
+            except aetcd.exceptions.InvalidArgumentError as exc:
+                raise ValueError(f"etcd rejected {op}: {exc}") from exc
+            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
+                error = await self._failed(client, exc)
+                error.__cause__ = exc
+        assert error is not None
+        raise error
 
     async def start(self) -> None:
         """Connect to the first endpoint that answers."""

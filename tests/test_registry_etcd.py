@@ -1,0 +1,50 @@
+"""etcd-specific behaviour: endpoint lists and fail-over, against the session's real etcd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.client import open_registry
+from registry.errors import RegistryUnavailable
+from registry.etcd_backend import parse_etcd_url
+from registry.model import Node
+from tests.peers.process import free_port
+from tests.test_registry_helpers import make_backend, next_matching, unique
+
+
+@pytest.mark.parametrize("url", ["etcd://", "etcd://host", "etcd://h:0", "etcd://h:1,",
+                                 "etcd://h:x", "http://h:1"])
+def test_bad_etcd_urls_are_rejected(url: str) -> None:
+    with pytest.raises(ValueError, match="registry URL"):
+        parse_etcd_url(url)
+
+
+def test_endpoint_list_is_parsed() -> None:
+    assert parse_etcd_url("etcd://10.0.0.1:2379,etcd-2:2380") == [
+        ("10.0.0.1", 2379), ("etcd-2", 2380)]
+
+
+async def test_client_fails_over_to_the_next_endpoint(tmp_path: Path) -> None:
+    backend = await make_backend("etcd", tmp_path)
+    live = backend.url[len("etcd://"):]
+    dead = f"127.0.0.1:{free_port()}"
+    service = unique("failover")
+    client = open_registry(f"etcd://{dead},{live}")
+    try:
+        registration = await client.register(service, Node(id="n1", address="10.0.0.9:80"),
+                                             ttl_seconds=5)
+        async with client.watch(service) as watch:
+            snapshot = await next_matching(watch, lambda s: len(s.nodes) == 1)
+            assert snapshot.nodes[0].address == "10.0.0.9:80"
+        await registration.stop()
+    finally:
+        await client.stop()
+        await backend.close()
+    only_dead = open_registry(f"etcd://{dead}")
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await only_dead.snapshot(service)
+    finally:
+        await only_dead.stop()
