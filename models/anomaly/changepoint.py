@@ -12,6 +12,7 @@ from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibra
 __all__ = ["CusumDetector"]
 
 _MAD_TO_SIGMA = 1.4826
+_WARMUP_RESIDUALS = 50  # residuals needed before z-scores are trusted
 
 
 class _CusumState:
@@ -31,10 +32,12 @@ class _CusumState:
         self.upper = [0.0] * n
         self.lower = [0.0] * n
         self.calibrators = [
-            TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)
+            TailCalibrator(d.history, d.min_history, d.tail_index, d.history_scaling)
+            for _ in range(n)
         ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
+        self.warmup = min(d.scale_window, _WARMUP_RESIDUALS)
         self.time_scaling = d.time_scaling
 
     def step(self, t: float, x: np.ndarray) -> float:
@@ -57,9 +60,10 @@ class _CusumState:
                 self.lower[j] = max(0.0, self.lower[j] - z - d.drift)
                 stat = max(self.upper[j], self.lower[j])
                 cal = self.calibrators[j]
-                score = cal.score(stat)
-                score = per_day_score(score, base.step_seconds, self.time_scaling)
-                cal.learn(stat)
+                if len(scale) >= self.warmup:  # the robust scale is settled
+                    score = cal.score(stat)
+                    score = per_day_score(score, base.step_seconds, self.time_scaling)
+                    cal.learn(stat)
                 if stat > d.reset_level:
                     self.upper[j] = self.lower[j] = 0.0
                 scale.add(abs(residual))
@@ -89,6 +93,7 @@ class CusumDetector(BaseDetector):
         min_history: int = 100,
         tail_index: float = 4.0,
         time_scaling: float = 0.0,
+        history_scaling: float = 0.0,
         threshold: float = 0.999,
         hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
@@ -103,6 +108,7 @@ class CusumDetector(BaseDetector):
         self.min_history = min_history
         self.tail_index = tail_index
         self.time_scaling = time_scaling
+        self.history_scaling = history_scaling
         self.threshold = threshold
         self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level

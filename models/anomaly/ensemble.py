@@ -29,9 +29,10 @@ def default_members() -> list[tuple[str, BaseDetector]]:
                 history=20000,
                 scale_window=5000,
                 time_scaling=0.5,
+                history_scaling=0.5,
             ),
         ),
-        ("cusum", CusumDetector(time_scaling=0.5)),
+        ("cusum", CusumDetector(time_scaling=0.5, history_scaling=0.5)),
     ]
 
 

@@ -159,15 +159,22 @@ class TailCalibrator:
 
     The tail probability is empirical over the last ``history`` values; above the largest
     value seen it continues as a power law ``(max / r) ** tail_index`` so that a record by a
-    wide margin scores higher than a record by a hair. Before ``min_history`` values the
-    score is 0.
+    wide margin scores higher than a record by a hair. With ``history_scaling = g > 0`` the
+    tail is multiplied by ``(n / 1000) ** g`` for a history of ``n`` values: the longer the
+    history, the rarer a point must be to stand out (fewer alarms per series over long
+    runs). Before ``min_history`` values the score is 0.
     """
 
     def __init__(
-        self, history: int = 5000, min_history: int = 100, tail_index: float = 2.0
+        self,
+        history: int = 5000,
+        min_history: int = 100,
+        tail_index: float = 2.0,
+        history_scaling: float = 0.0,
     ) -> None:
         self.min_history = min_history
         self.tail_index = tail_index
+        self.history_scaling = history_scaling
         self._window = RollingQuantile(history)
 
     def score(self, r: float) -> float:
@@ -179,6 +186,8 @@ class TailCalibrator:
         top = self._window.maximum()
         if r > top:
             p *= (max(top, 1e-12) / r) ** self.tail_index
+        if self.history_scaling:
+            p = min(1.0, p * (n / 1000.0) ** self.history_scaling)
         return 1.0 - p
 
     def learn(self, r: float) -> None:

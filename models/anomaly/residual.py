@@ -12,6 +12,7 @@ from models.anomaly.online import RollingQuantile, SeasonalBaseline, TailCalibra
 __all__ = ["SeasonalResidualDetector"]
 
 _MAD_TO_SIGMA = 1.4826
+_WARMUP_RESIDUALS = 50  # residuals needed before z-scores are trusted
 
 
 class _ResidualState:
@@ -29,13 +30,14 @@ class _ResidualState:
         self.abs_residuals = [RollingQuantile(d.scale_window) for _ in range(n)]
         self.recent_z = [RollingQuantile(max(1, d.smoothing_points)) for _ in range(n)]
         self.calibrators = [
-            TailCalibrator(d.history, d.min_history, d.tail_index) for _ in range(n)
+            TailCalibrator(d.history, d.min_history, d.tail_index, d.history_scaling)
+            for _ in range(n)
         ]
         self.expected = np.full(n, math.nan)
         self.signal = 0
+        self.warmup = min(d.scale_window, _WARMUP_RESIDUALS)
         self.time_scaling = d.time_scaling
         self.smoothing = max(1, d.smoothing_points)
-        self.log = d.log_scale
 
     def step(self, t: float, x: np.ndarray) -> float:
         best = 0.0
@@ -44,8 +46,6 @@ class _ResidualState:
             base = self.baselines[j]
             if math.isnan(value):
                 continue
-            if self.log:
-                value = math.copysign(math.log1p(abs(value)), value)
             expected = base.expect(t)
             self.expected[j] = expected
             score = 0.0
@@ -59,9 +59,10 @@ class _ResidualState:
                 recent.add(z)
                 raw = z if self.smoothing == 1 else max(z, recent.quantile(0.5))
                 cal = self.calibrators[j]
-                score = cal.score(raw)
-                score = per_day_score(score, base.step_seconds, self.time_scaling)
-                cal.learn(raw)
+                if len(scale) >= self.warmup:  # the robust scale is settled
+                    score = cal.score(raw)
+                    score = per_day_score(score, base.step_seconds, self.time_scaling)
+                    cal.learn(raw)
                 scale.add(residual)
             base.update(t, float(value))
             if score > best:
@@ -95,8 +96,8 @@ class SeasonalResidualDetector(BaseDetector):
         history: int = 5000,
         min_history: int = 100,
         tail_index: float = 2.0,
-        log_scale: bool = False,
         time_scaling: float = 0.0,
+        history_scaling: float = 0.0,
         threshold: float = 0.999,
         hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
@@ -111,8 +112,8 @@ class SeasonalResidualDetector(BaseDetector):
         self.history = history
         self.min_history = min_history
         self.tail_index = tail_index
-        self.log_scale = log_scale
         self.time_scaling = time_scaling
+        self.history_scaling = history_scaling
         self.threshold = threshold
         self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
