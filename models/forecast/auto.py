@@ -10,8 +10,9 @@ gradient-boosting model learned across all series with two windows of each serie
 out (A older, B newer). Per series, the boosted forecast, seasonal naive (daily and
 weekly) and the average of boosted and daily seasonal naive are compared on window A.
 Whether that per-series choice beats using the global model everywhere is itself
-backtested on window B (``policy_``); the winning policy's errors on window B, pooled over
-the fleet, calibrate the intervals.
+backtested on window B (``policy_``). The intervals are calibrated on the winning policy's
+out-of-sample errors pooled over the fleet: windows A and B for the global model, window B
+for a per-series choice.
 """
 
 from __future__ import annotations
@@ -287,8 +288,12 @@ class AutoForecaster(BaseForecaster):
         calibration_errors: list[np.ndarray] = []
         for name, options in option_sets.items():
             label = choices[name]
-            actual_b = gbm.holdout_actuals_[name][1]
-            calibration_errors.append((actual_b - options[label][1]) / gbm.scales_[name])
+            actual = gbm.holdout_actuals_[name]
+            # The global model's errors on both windows are out of sample; a per-series
+            # choice was made on window A, so only window B is honest for it.
+            windows = (1,) if per_series else (0, 1)
+            for w in windows:
+                calibration_errors.append((actual[w] - options[label][w]) / gbm.scales_[name])
             final[name] = options[label][2]
         errors = np.vstack(calibration_errors)
         if not np.isfinite(errors).any():
