@@ -53,3 +53,24 @@ __all__ += [
     "SyntheticTraffic",
     "generate_traffic",
 ]
+
+# forecasting (models/forecast)
+from models.forecast import (  # noqa: E402
+    AutoForecaster,
+    ETSForecaster,
+    ForecastWarning,
+    GlobalGBMForecaster,
+    HoltWintersForecaster,
+    MSTLForecaster,
+    SeasonalNaiveForecaster,
+)
+
+__all__ += [
+    "AutoForecaster",
+    "ETSForecaster",
+    "ForecastWarning",
+    "GlobalGBMForecaster",
+    "HoltWintersForecaster",
+    "MSTLForecaster",
+    "SeasonalNaiveForecaster",
+]
