@@ -339,29 +339,44 @@ def _managers(root: Path) -> dict[str, Callable[[], AbstractContextManager[Serve
     }
 
 
-def _ratio(a: Result | None, b: Result | None) -> str:
-    if a is None or b is None or not a.throughput or not b.throughput:
+def _ratio(ours: float, theirs: float | None) -> str:
+    if not ours or not theirs:
         return "-"
-    return f"{a.throughput / b.throughput:.2f}x"
+    return f"{ours / theirs:.2f}x"
 
 
 def print_table(results: list[Result]) -> None:
-    """The summary table (markdown, ready for docs/benchmarks.md)."""
+    """The summary tables (markdown, ready for docs/benchmarks.md)."""
     by_name = {r.server: r for r in results}
     print()
     print(
         "| server | points | sent in s | last points visible s | all queryable s "
-        "| count queries (last took s) | points/s | lost | CPU s | vs carbon | vs VM |"
+        "| count queries (last took s) | lost | CPU s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        throughput = f"{r.throughput:,.0f}" if r.throughput else f"- ({r.note})"
-        queryable = f"{r.queryable_seconds:.1f}" if r.queryable_seconds else "-"
+        queryable = f"{r.queryable_seconds:.1f}" if r.queryable_seconds else f"- ({r.note})"
         print(
             f"| {r.server} | {r.points:,} | {r.send_seconds:.1f} | {r.sample_seconds:.1f} "
             f"| {queryable} | {r.count_queries} ({r.last_count_seconds:.1f}) "
-            f"| {throughput} | {r.lost:,} | {r.cpu_seconds:.1f} "
-            f"| {_ratio(r, by_name.get('carbon'))} | {_ratio(r, by_name.get('vm'))} |"
+            f"| {r.lost:,} | {r.cpu_seconds:.1f} |"
+        )
+    print()
+    print(
+        "| server | accepted-and-queryable points/s | vs carbon | vs VM "
+        "| accepted (sent) points/s | vs carbon | vs VM | CPU s vs carbon |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    carbon, vm = by_name.get("carbon"), by_name.get("vm")
+    for r in results:
+        throughput = f"{r.throughput:,.0f}" if r.throughput else "-"
+        accepted = r.points / r.send_seconds if r.send_seconds else 0.0
+        print(
+            f"| {r.server} | {throughput} | {_ratio(r.throughput, carbon and carbon.throughput)} "
+            f"| {_ratio(r.throughput, vm and vm.throughput)} | {accepted:,.0f} "
+            f"| {_ratio(accepted, carbon and carbon.points / carbon.send_seconds)} "
+            f"| {_ratio(accepted, vm and vm.points / vm.send_seconds)} "
+            f"| {_ratio(r.cpu_seconds, carbon and carbon.cpu_seconds)} |"
         )
 
 
