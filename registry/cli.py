@@ -50,4 +50,13 @@ def run(args: argparse.Namespace) -> int:
         overrides={"data_dir": args.data_dir, "host": args.host, "http_port": args.http_port,
                    "token_file": args.token_file})
     token = read_token(config.token_file)
-    return run_service(lambda: RegistryServer(config, token=token))
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create data directory {config.data_dir}: {exc.strerror}"
+                         ) from None
+    try:
+        return run_service(lambda: RegistryServer(config, token=token))
+    except OSError as exc:
+        raise UsageError(f"cannot serve on {config.host}:{config.http_port}: {exc.strerror or exc}"
+                         ) from None
