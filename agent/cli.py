@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     """Build the configuration, then serve until SIGTERM or SIGINT."""
     configure_logging(args.log_level)
     config = load_agent_config(args, dict(os.environ))
+    if config.registry_token is None and config.registry_token_file is not None:
+        config = dataclasses.replace(config,
+                                     registry_token=_read_token(config.registry_token_file))
     from agent.service import AgentService
 
     try:
@@ -52,3 +56,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return run_service(lambda: service)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read registry token file {path}: {exc.strerror}") from None
+    if not token:
+        raise UsageError(f"registry token file {path} is empty")
+    return token

@@ -15,7 +15,7 @@ BUILTIN_FILTERS = ("access_log", "metrics", "switcher", "active_limit", "failove
 DEFAULT_FILTERS = BUILTIN_FILTERS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AgentConfig:
     """Everything the sidecar needs; validated on construction."""
 
@@ -28,7 +28,8 @@ class AgentConfig:
     advertise: str | None = None  # address registered for callers (default: listen)
     node_id: str | None = None  # registry node id (default: from the upstream address)
     data_dir: Path = Path("./data/agent")
-    registry_token: str | None = None
+    registry_token: str | None = None  # or, better, registry_token_file
+    registry_token_file: Path | None = None
     # measuring and emission
     prefix: str = "tidemark"
     interval_seconds: int = 10
@@ -94,6 +95,10 @@ class AgentConfig:
                 self.filters.index("circuit_breaker") < self.filters.index("failover")):
             raise ValueError("filters: circuit_breaker works per node and must come after "
                              "failover")
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"AgentConfig(service={self.service!r}, registry={self.registry!r}, "
+                f"upstream={self.upstream!r}, listen={self.listen!r})")
 
     @property
     def is_server_side(self) -> bool:

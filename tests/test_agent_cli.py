@@ -16,8 +16,13 @@ from tests.test_agent_reporter import LineServer
 
 
 async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> None:
-    registry = RegistryServer(RegistryServerConfig(data_dir=tmp_path / "registry", http_port=0))
+    registry = RegistryServer(RegistryServerConfig(data_dir=tmp_path / "registry", http_port=0),
+                              token="s3cret")
     await registry.start()
+    (tmp_path / "token").write_text("s3cret\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nregistry_token_file = "{tmp_path / "token"}"\n'
+                      'request_timeout_seconds = "2s"\n')
     lines = LineServer()
     port = free_port()
     upstream_port = free_port()
@@ -26,7 +31,7 @@ async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> No
         "--registry", f"http://127.0.0.1:{registry.port}", "--graphite",
         f"127.0.0.1:{lines.port}", "--idc", "bj", "--listen", f"127.0.0.1:{port}",
         "--upstream", f"http://127.0.0.1:{upstream_port}", "--data-dir", str(tmp_path / "a"),
-        stderr=asyncio.subprocess.PIPE)
+        "--config", str(config), stderr=asyncio.subprocess.PIPE)
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
@@ -41,9 +46,15 @@ async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> No
                 raise AssertionError("agent never became healthy")
             async with session.get(f"http://127.0.0.1:{port}/some/path") as resp:
                 assert resp.status == 502  # nothing listens on the upstream port
-            async with session.get(f"http://127.0.0.1:{port}/runtime") as resp:
-                runtime = json.loads(await resp.read())
+            for _ in range(200):  # registration (with the token) runs in the background
+                async with session.get(f"http://127.0.0.1:{port}/runtime") as resp:
+                    runtime = json.loads(await resp.read())
+                if runtime["registered"] is not None:
+                    break
+                await asyncio.sleep(0.05)
             assert runtime["role"] == "server" and runtime["registered"]["node"]["idc"] == "bj"
+            snapshot = registry.store.snapshot("user")
+            assert [n.address for n in snapshot.nodes] == [f"127.0.0.1:{port}"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         # The open window was flushed on the way out: the failed call is counted.
