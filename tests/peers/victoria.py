@@ -56,6 +56,14 @@ class VictoriaMetrics:
                 counts[name] = counts.get(name, 0) + len(record["values"])
         return counts
 
+    def force_flush(self) -> None:
+        """Make every point received so far searchable now (not within a second or so).
+
+        A query that finds no series makes victoria-metrics cache that answer for several
+        seconds, so callers that know their data has arrived flush before the first query.
+        """
+        self.get("/internal/force_flush", {})
+
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by victoria-metrics."""
         return process_tree_cpu_seconds(self.process.pid)
