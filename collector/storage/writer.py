@@ -44,6 +44,7 @@ class WhisperWriter:
         self._wake = threading.Event()
         self._draining = threading.Event()  # stop requested: write all, no rate limit, exit
         self._abort = threading.Event()  # give up now; what is left stays in the log
+        self._interrupt = threading.Event()  # ends a rate-limit sleep (drain or abort only)
         self._paused = threading.Event()  # hold writes (backups, tests); a drain overrides
         self._errors = RateLimitedLog(log, per_seconds=10.0)
         # Metrics whose file this writer has written: find() need not match them in the
@@ -71,11 +72,13 @@ class WhisperWriter:
     def request_drain(self) -> None:
         """Write everything cached, then exit."""
         self._draining.set()
+        self._interrupt.set()
         self._wake.set()
 
     def abort(self) -> None:
         """Exit after the current file."""
         self._abort.set()
+        self._interrupt.set()
         self._wake.set()
 
     def join(self, timeout: float | None = None) -> bool:
@@ -116,7 +119,7 @@ class WhisperWriter:
             if self._min_interval and not self._draining.is_set():
                 delay = next_at - time.monotonic()
                 if delay > 0:
-                    self._wake.wait(delay)
+                    self._interrupt.wait(delay)  # not _wake: every group commit sets that
                 next_at = max(next_at, time.monotonic()) + self._min_interval
             succeeded = self.write_metric(name) or succeeded
         return bool(names), succeeded
