@@ -54,10 +54,10 @@ async def test_graphite_web_reads_our_tree(tmp_path: Path) -> None:
     now = int(time.time())
     points = []
     for pool in ("pool1", "pool2"):
-        for node in range(3):
+        for host in range(3):
             for i in range(30):
-                points.append((f"mesh.{pool}.node{node}.qps", now - 600 + i * 10, float(i * node)))
-                points.append((f"mesh.{pool}.node{node}.p999", now - 600 + i * 10, i / 7))
+                points.append((f"mesh.{pool}.node{host}.qps", now - 600 + i * 10, float(i * host)))
+                points.append((f"mesh.{pool}.node{host}.p999", now - 600 + i * 10, i / 7))
     store.append(points)
     await store.stop()
 
