@@ -99,6 +99,7 @@ class ETSForecaster(BaseForecaster):
     ``error``, ``trend``, ``seasonal`` are "add", "mul" or None (error: "add"/"mul");
     multiplicative parts fall back to additive on series that are not strictly positive.
     Intervals come from refitted rolling-origin backtests, not the model's own variance.
+    ``initialization_method="heuristic"`` is much faster than "estimated".
     """
 
     def __init__(
@@ -109,11 +110,13 @@ class ETSForecaster(BaseForecaster):
         trend: str | None = "add",
         damped_trend: bool = True,
         seasonal: str | None = "add",
+        initialization_method: str = "estimated",
         backtest_horizon: int | None = None,
         n_backtests: int = 3,
     ) -> None:
         self.coverage = coverage
         self.seasons = seasons
+        self.initialization_method = initialization_method
         self.error = error
         self.trend = trend
         self.damped_trend = damped_trend
@@ -133,8 +136,10 @@ class ETSForecaster(BaseForecaster):
             error = "add"
             seasonal = "add" if seasonal else None
             trend = "add" if trend else None
+        if values.size < 10 or (period and values.size < 2 * period + 10):
+            seasonal, period = None, None
         if values.size < 10:
-            trend, seasonal, period = None, None, None
+            trend = None
         model = ETSModel(
             values,
             error=error,
@@ -142,6 +147,7 @@ class ETSForecaster(BaseForecaster):
             damped_trend=bool(self.damped_trend) and trend is not None,
             seasonal=seasonal,
             seasonal_periods=period,
+            initialization_method=self.initialization_method,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

@@ -203,7 +203,7 @@ class GlobalGBMForecaster(BaseForecaster):
         if not self.calendar:
             return None, None
         full = pd.date_range(index[0], periods=index.size + extra, freq=index.freq)
-        return np.asarray(full.hour), np.asarray(full.dayofweek)
+        return np.asarray(full.hour), np.asarray(full.day_of_week)
 
     def _threads(self) -> threadpool_limits:
         return threadpool_limits(limits=self.n_threads, user_api="openmp")
@@ -258,7 +258,11 @@ class GlobalGBMForecaster(BaseForecaster):
                 f"no series is long enough to train on (each needs more than {first} points "
                 f"plus the {layout.horizon}-step horizon)"
             )
-        return np.vstack(blocks_x), np.concatenate(blocks_y).astype(np.float32)
+        features = np.vstack(blocks_x)
+        # A feature with no value at all (lags older than every history) breaks the
+        # booster's binning; one zero makes it a constant, which the booster ignores.
+        features[0, np.isnan(features).all(axis=0)] = 0.0
+        return features, np.concatenate(blocks_y).astype(np.float32)
 
     def _forecast_from(self, series: PreparedSeries, origin: int, layout: _Layout) -> np.ndarray:
         steps = np.arange(1, layout.horizon + 1)
