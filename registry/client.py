@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -275,6 +276,22 @@ class Registration:
                 log.warning("heartbeat failed", extra={"service": self.service,
                                                        "node": self.node.id, "error": str(exc)})
 
+    async def update(self, *, status: str | None = None, weight: int | None = None,
+                     labels: Mapping[str, str] | None = None) -> Node:
+        """Change the registered record (e.g. ``status="draining"`` before a shutdown)."""
+        changes: dict[str, Any] = {}
+        if status is not None:
+            changes["status"] = status
+        if weight is not None:
+            changes["weight"] = weight
+        if labels is not None:
+            changes["labels"] = dict(labels)
+        node = replace(self.node, **changes)  # validates
+        self._handle = await self.client._register_once(self.service, node, self.ttl_seconds,
+                                                        self._handle)
+        self.node = node
+        return node
+
     async def stop(self, deregister: bool = True) -> None:
         """Stop heartbeating and (by default) deregister; safe to call twice."""
         task, self._task = self._task, None
@@ -331,7 +348,9 @@ class BaseClient:
         connection fails (raise) or the task is cancelled."""
         raise NotImplementedError
 
-    async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:
+    async def _register_once(self, service: str, node: Node, ttl_seconds: float,
+                             handle: Any = None) -> Any:
+        """Write the node record; ``handle`` is the previous registration's, if any."""
         raise NotImplementedError
 
     async def _heartbeat(self, service: str, node: Node, handle: Any) -> None:
@@ -362,8 +381,6 @@ class BaseClient:
             raise TypeError("node: expected a registry.model.Node")
         ttl = check_ttl(ttl_seconds)
         if not node.registered_at:
-            from dataclasses import replace
-
             node = replace(node, registered_at=time.time())
         handle = await self._register_once(service, node, ttl)
         registration = Registration(self, service, node, ttl, handle)

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from registry.client import BaseClient
 from registry.commands import MAX_HISTORY, apply_command, flat_to_config
-from registry.errors import Conflict, NotFound, RegistryUnavailable
+from registry.errors import Conflict, NotFound, RegistryError, RegistryUnavailable
 from registry.model import Command, Node, Snapshot, check_name
 
 __all__ = ["EtcdRegistryClient", "parse_etcd_url", "DEFAULT_ROOT"]
@@ -45,6 +45,8 @@ log = logging.getLogger("registry.etcd")
 
 DEFAULT_ROOT = "/tidemark/registry/"
 _MAX_CAS_ATTEMPTS = 50
+_UNREACHABLE = (TimeoutError, OSError, aetcd.exceptions.ConnectionFailedError,
+                aetcd.exceptions.ConnectionTimeoutError, aetcd.exceptions.InternalError)
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -141,9 +143,13 @@ class EtcdRegistryClient(BaseClient):
                 return await getattr(client, op)(*args, **kwargs)
             except aetcd.exceptions.InvalidArgumentError as exc:
                 raise ValueError(f"etcd rejected {op}: {exc}") from exc
-            except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
+            except _UNREACHABLE as exc:
                 error = await self._failed(client, exc)
                 error.__cause__ = exc
+            except aetcd.exceptions.ClientError as exc:
+                if "not found" in str(exc):  # e.g. "requested lease not found"
+                    raise NotFound(f"etcd {op}: {exc}") from exc
+                raise RegistryError(f"etcd {op}: {exc}") from exc
         assert error is not None
         raise error
 
@@ -192,10 +198,17 @@ class EtcdRegistryClient(BaseClient):
             state.config_revision = mod_revision if value is not None else 0
 
     # --- nodes ---------------------------------------------------------------------------
-    async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:
-        lease = await self._call("lease", max(2, math.ceil(ttl_seconds)))
+    async def _register_once(self, service: str, node: Node, ttl_seconds: float,
+                             handle: Any = None) -> Any:
         key = f"{self._service_prefix(service)}nodes/{node.id}".encode()
         value = json.dumps({**node.to_dict(), "ttl_seconds": ttl_seconds}).encode()
+        if handle is not None:  # an update: keep the node's lease
+            try:
+                await self._call("put", key, value, lease=handle)
+                return handle
+            except NotFound:
+                pass  # the lease is gone: take a new one
+        lease = await self._call("lease", max(2, math.ceil(ttl_seconds)))
         await self._call("put", key, value, lease=lease.id)
         return lease.id
 
@@ -209,7 +222,7 @@ class EtcdRegistryClient(BaseClient):
             try:
                 await self._call("revoke_lease", handle)
                 return
-            except ValueError:
+            except NotFound:
                 pass  # lease already gone; delete the key below
         deleted = await self._call("delete", f"{self._service_prefix(service)}nodes/{node_id}"
                                    .encode())

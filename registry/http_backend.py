@@ -90,7 +90,8 @@ class HttpRegistryClient(BaseClient):
     def _svc(service: str) -> str:
         return "/v1/services/" + quote(check_name(service, "service"), safe="")
 
-    async def _register_once(self, service: str, node: Node, ttl_seconds: float) -> Any:
+    async def _register_once(self, service: str, node: Node, ttl_seconds: float,
+                             handle: Any = None) -> Any:
         await self._request("PUT", f"{self._svc(service)}/nodes/{quote(node.id, safe='')}",
                             body={"node": node.to_dict(), "ttl_seconds": ttl_seconds})
         return None

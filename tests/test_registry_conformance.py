@@ -402,3 +402,22 @@ async def test_registryctl_operates_both_backends(backend: Backend, tmp_path: Pa
     bad = await ctl("weights", service, "b d=3")
     assert bad.returncode == 2 and b"idc" in bad.stderr
     assert json.loads((await ctl("nodes", service)).stdout) == []
+
+
+async def test_registration_update_drains_a_node(backend: Backend) -> None:
+    client = backend.client()
+    service = unique("drain")
+    registration = await client.register(service, _node("d1", weight=30), ttl_seconds=3)
+    async with client.watch(service) as watch:
+        await next_matching(watch, lambda s: [n.status for n in s.nodes] == ["up"])
+        node = await registration.update(status="draining", weight=5)
+        assert (node.status, node.weight) == ("draining", 5)
+        seen = await next_matching(watch, lambda s: [n.status for n in s.nodes] == ["draining"])
+        assert seen.nodes[0].weight == 5 and seen.nodes[0].registered_at == node.registered_at
+    with pytest.raises(ValueError, match="status"):
+        await registration.update(status="sleeping")
+    # Heartbeats keep the updated record alive past its TTL.
+    await asyncio.sleep(3 * 1.5)
+    assert [n.status for n in (await client.snapshot(service)).nodes] == ["draining"]
+    await registration.stop()
+    assert (await client.snapshot(service)).nodes == ()

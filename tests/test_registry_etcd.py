@@ -48,3 +48,32 @@ async def test_client_fails_over_to_the_next_endpoint(tmp_path: Path) -> None:
             await only_dead.snapshot(service)
     finally:
         await only_dead.stop()
+
+
+async def test_lost_lease_is_replaced_by_the_next_heartbeat(tmp_path: Path) -> None:
+    import aetcd
+
+    backend = await make_backend("etcd", tmp_path)
+    host, port = backend.url[len("etcd://"):].split(":")
+    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    service = unique("lease")
+    client = backend.client()
+    try:
+        registration = await client.register(service, Node(id="n1", address="10.0.0.9:80"),
+                                             ttl_seconds=3)
+        async with client.watch(service) as watch:
+            await next_matching(watch, lambda s: len(s.nodes) == 1)
+            # Someone revokes the lease behind the owner's back: the node vanishes ...
+            await raw.revoke_lease(registration._handle)
+            await next_matching(watch, lambda s: s.nodes == ())
+            # ... and the owner's next heartbeat finds the lease gone and registers again.
+            back = await next_matching(watch, lambda s: len(s.nodes) == 1)
+            assert back.nodes[0].address == "10.0.0.9:80"
+        await raw.revoke_lease(registration._handle)
+        node = await registration.update(status="draining")
+        assert [n.status for n in (await client.snapshot(service)).nodes] == [node.status]
+        await registration.stop()
+        assert (await client.snapshot(service)).nodes == ()
+    finally:
+        await raw.close()
+        await backend.close()
