@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.agent_harness import make_mesh  # noqa: E402
+from tests.test_agent_support import make_mesh  # noqa: E402
 
 
 async def until(check, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]

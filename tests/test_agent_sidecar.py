@@ -14,8 +14,8 @@ from aiohttp import web
 from agent.call import Call, Next, Reply
 from agent.service import AgentService
 from registry.model import Node
-from tests.agent_harness import Mesh, make_mesh
 from tests.conftest import free_port
+from tests.test_agent_support import Mesh, make_mesh
 
 
 @pytest.fixture
