@@ -28,6 +28,8 @@ class CollectorConfig:
     cache_high_watermark_points: int = 5_000_000  # stop reading sockets above this
     cache_low_watermark_points: int = 4_000_000  # resume below this
     writer_max_updates_per_second: float = 0.0  # whisper file updates; 0 is unlimited
+    # On stop, how long to write the cache into whisper; the rest stays in the log for replay.
+    drain_timeout_seconds: float = 60.0
     # Limits on protocol input
     max_connections: int = 1024
     idle_timeout_seconds: float = 300.0

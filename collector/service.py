@@ -34,7 +34,8 @@ class CollectorService:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
-        self.store = MetricStore(config, self.metrics, clock=clock)
+        self.store = MetricStore(config, self.metrics, clock=clock,
+                                 drain_timeout_seconds=config.drain_timeout_seconds)
         self.intake = Intake(self.store, self.metrics, config, clock=clock)
         self.ingest = IngestServer(config, self.intake, self.store, self.metrics, clock=clock)
         self._clock = clock
