@@ -28,11 +28,11 @@ def default_members() -> list[tuple[str, BaseDetector]]:
                 tail_index=4.0,
                 history=20000,
                 scale_window=5000,
-                time_scaling=0.5,
+                time_scaling=0.25,
                 history_scaling=0.5,
             ),
         ),
-        ("cusum", CusumDetector(time_scaling=0.5, history_scaling=0.5)),
+        ("cusum", CusumDetector(drift=1.5, time_scaling=0.25, history_scaling=0.5)),
     ]
 
 
@@ -72,9 +72,9 @@ class EnsembleDetector(BaseDetector):
         detectors: Sequence[tuple[str, BaseDetector]] | None = None,
         combine: str = "max",
         weights: Sequence[float] | None = None,
-        threshold: float = 0.999,
+        threshold: float = 0.9975,
         hold_seconds: float = 60000.0,
-        alarm_level: float = 0.998,
+        alarm_level: float = 0.9975,
         suppress: str = "alarm",
     ) -> None:
         self.detectors = detectors

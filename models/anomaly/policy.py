@@ -31,7 +31,7 @@ _HOURS_PER_WEEK = 168
 class AlertPolicyConfig:
     """Parameters of :class:`AlertPolicy` (thresholds are anomaly scores in [0, 1])."""
 
-    trigger_threshold: float = 0.998
+    trigger_threshold: float = 0.9975
     resolve_threshold: float = 0.99
     min_duration_points: int = 1
     dedup_seconds: float = 3600.0
