@@ -33,6 +33,12 @@ def test_shipped_defaults_fit_10s_agents() -> None:
     assert rules.aggregation_for("svc.latency.p999").aggregation_method == "max"
     assert rules.aggregation_for("svc.calls.count").aggregation_method == "sum"
     assert rules.aggregation_for("svc.latency.mean").aggregation_method == "average"
+    for counted in ["tidemark.user.idc1.n1.requests", "tidemark.user.idc1.n1.errors",
+                    "tidemark.user.idc1.n1.errors.timeout", "tidemark.user.idc1.n1.latency.hist.7",
+                    "tidemark.user.idc1.n1.latency.hist.-3"]:
+        rule = rules.aggregation_for(counted)
+        assert (rule.aggregation_method, rule.x_files_factor) == ("sum", 0.0), counted
+    assert rules.aggregation_for("tidemark.user.idc1.n1.qps").aggregation_method == "average"
 
 
 def test_first_matching_section_wins_in_file_order(tmp_path: Path) -> None:
