@@ -23,10 +23,12 @@ from prometheus_client import CollectorRegistry
 from registry.errors import NotFound, RegistryUnavailable
 from registry.failstatic import FailStaticCache
 from registry.model import Command, Node, Snapshot, check_name, check_prefix
+from tidemark.logs import RateLimitedLog
 
 __all__ = ["RegistryClient", "BaseClient", "Registration", "Watch", "open_registry"]
 
 log = logging.getLogger("registry.client")
+_cache_log = RateLimitedLog(log, per_seconds=60.0)
 
 MIN_TTL_SECONDS = 1.0
 MAX_TTL_SECONDS = 3600.0
@@ -190,7 +192,11 @@ class Watch:
                 first = False
                 backoff = 0.05
             if cache is not None:
-                cache.save(snapshot)
+                try:
+                    cache.save(snapshot)
+                except OSError as exc:  # a full disk must not stop the watch
+                    _cache_log.warning("cache-save", "cannot save fail-static snapshot",
+                                       service=snapshot.service, error=str(exc))
             self._offer(snapshot)
 
         while not self._closed:
@@ -410,7 +416,11 @@ class BaseClient:
             self.cache.mark_lost(service, serving_cache=True)  # type: ignore[union-attr]
             return cached
         if self.cache is not None:
-            self.cache.save(snapshot)
+            try:
+                self.cache.save(snapshot)
+            except OSError as exc:
+                _cache_log.warning("cache-save", "cannot save fail-static snapshot",
+                                   service=service, error=str(exc))
         return snapshot
 
     def watch(self, service: str, *, initial_wait_seconds: float = 1.0) -> Watch:
