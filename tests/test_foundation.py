@@ -66,3 +66,19 @@ def test_console_script_lists_commands_and_exits_2_without_one() -> None:
                             timeout=60)
     assert result.returncode == 2
     assert "collector" in result.stdout
+
+
+def test_unknown_command_is_one_usage_error() -> None:
+    result = subprocess.run([sys.executable, "-m", "tidemark", "nosuch"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "invalid choice: 'nosuch'" in result.stderr
+
+
+def test_choosing_a_command_imports_only_that_command() -> None:
+    code = ("import sys; from tidemark.cli import build_parser; build_parser('collector'); "
+            "print(sorted(m for m in ('registry', 'agent', 'capacity', 'models', 'pandas') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
