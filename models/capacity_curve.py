@@ -251,6 +251,12 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
             # of the extrapolated distance on each side.
             margin = _EXTRAPOLATION_MARGIN * (point - float(curve.loads[-1]))
             lower, upper = min(lower, point - margin), max(upper, point + margin)
+        if how == "crossed":
+            # The crossing is interpolated between two knots: the range is at least as wide
+            # as half their spacing on each side.
+            i = int(np.flatnonzero(curve.latencies > objective)[0])
+            half_gap = 0.5 * float(curve.loads[i] - curve.loads[i - 1])
+            lower, upper = min(lower, point - half_gap), max(upper, point + half_gap)
         reach = max_load * float(self.max_extrapolation)
         if how == "crossed":
             return self._finish(

@@ -79,11 +79,18 @@ class MMcNode:
         self, latency_ms: npt.ArrayLike, load_qps: npt.ArrayLike
     ) -> npt.NDArray[np.float64]:
         """P(response time > ``latency_ms``) at ``load_qps`` (broadcast together)."""
-        t = np.asarray(latency_ms, dtype=np.float64) / 1000.0
         load = _check_load(load_qps)
+        return self._survival(latency_ms, load, self.wait_probability(load))
+
+    def _survival(
+        self,
+        latency_ms: npt.ArrayLike,
+        load: npt.NDArray[np.float64],
+        waits: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float64]:
+        t = np.asarray(latency_ms, dtype=np.float64) / 1000.0
         mu = self.service_rate_per_second
         theta = self.saturation_qps - load  # rate of the exponential wait, given a wait
-        waits = self.wait_probability(load)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             gap = mu - theta
             near = np.abs(gap) < 1e-9 * mu
@@ -113,9 +120,10 @@ class MMcNode:
         low = np.zeros_like(load)
         high = 50.0 / rate * 1000.0 * max(1.0, -math.log10(1.0 - quantile))
         target = 1.0 - quantile
+        waits = self.wait_probability(load)
         for _ in range(_BISECTION_STEPS):
             mid = 0.5 * (low + high)
-            above = self.latency_survival(mid, load) > target
+            above = self._survival(mid, load, waits) > target
             low = np.where(above, mid, low)
             high = np.where(above, high, mid)
         return np.where(stable, 0.5 * (low + high), np.inf)
@@ -130,12 +138,17 @@ class MMcNode:
                 f"latency_objective_ms must be a positive finite number, "
                 f"got {latency_objective_ms!r}"
             )
-        if self.latency_quantile_ms(0.0, quantile)[()] > latency_objective_ms:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+        # The quantile keeps the objective exactly when P(latency > objective) <= 1 - quantile,
+        # and that tail share grows with the load: bisect on it.
+        target = 1.0 - quantile
+        if self.latency_survival(latency_objective_ms, 0.0)[()] > target:
             return 0.0
         low, high = 0.0, self.saturation_qps
         for _ in range(_BISECTION_STEPS):
             mid = 0.5 * (low + high)
-            if self.latency_quantile_ms(mid, quantile)[()] <= latency_objective_ms:
+            if self.latency_survival(latency_objective_ms, mid)[()] <= target:
                 low = mid
             else:
                 high = mid

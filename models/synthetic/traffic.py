@@ -159,7 +159,7 @@ def generate_traffic(
     hours = _hour_of_day(index)
     days = (index - index[0]) / pd.Timedelta(days=1)
     demand = base_qps * (1.0 + daily_amplitude * np.cos(2.0 * np.pi * (hours - peak_hour) / 24.0))
-    demand = demand * np.where(index.dayofweek >= 5, weekend_factor, 1.0)
+    demand = demand * np.where(index.day_of_week >= 5, weekend_factor, 1.0)
     trend = 1.0 + trend_per_day * np.asarray(days, dtype=np.float64)
     if np.any(trend <= 0):
         raise ValueError(f"trend_per_day={trend_per_day!r} drives demand to zero within the frame")
