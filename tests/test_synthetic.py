@@ -17,6 +17,7 @@ from models.synthetic import (
     TrafficEvent,
     erlang_c,
     generate_traffic,
+    random_events,
 )
 
 # 2026-01-05 is a Monday; two weeks of one-minute intervals.
@@ -106,7 +107,7 @@ def test_same_seed_same_traffic_other_seed_other_noise() -> None:
 
 
 def test_frame_shape_columns_and_index() -> None:
-    traffic = generate_traffic(START, 360, "10s", nodes=4)
+    traffic = generate_traffic(START, 360, "10s", nodes=8)
     frame = traffic.frame
     assert len(frame) == 360
     assert frame.index.name == "timestamp"
@@ -118,18 +119,21 @@ def test_frame_shape_columns_and_index() -> None:
         "qps_per_node",
         "utilisation",
         "latency_p99_ms",
+        "latency_p999_ms",
         "error_rate",
         "success_rate",
         "is_holiday",
         "is_anomaly",
         "anomaly_kind",
     ]
-    np.testing.assert_allclose(frame["qps_per_node"] * 4, frame["qps"])
+    np.testing.assert_allclose(frame["qps_per_node"] * 8, frame["qps"])
+    assert (frame["utilisation"] < 1.0).all()
     np.testing.assert_allclose(frame["error_rate"] + frame["success_rate"], 1.0)
+    assert (frame["latency_p999_ms"] > frame["latency_p99_ms"]).all()
     assert not frame["is_anomaly"].any()
     assert (frame["anomaly_kind"] == "none").all()
     assert traffic.events.empty
-    assert traffic.nodes == 4
+    assert traffic.nodes == 8
 
 
 def nearest_hour(index: pd.DatetimeIndex) -> np.ndarray:
@@ -261,3 +265,26 @@ def test_timezone_aware_start_uses_local_hours() -> None:
 def test_bad_arguments_are_named(kwargs: dict[str, object], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         generate_traffic(**{"start": START, "periods": 3 * 1440, **kwargs})  # type: ignore[arg-type]
+
+
+def test_random_events_are_deterministic_apart_and_labelled() -> None:
+    events = random_events("2026-01-05", "2026-01-19", per_day=2.0, seed=4)
+    assert events == random_events("2026-01-05", "2026-01-19", per_day=2.0, seed=4)
+    assert events != random_events("2026-01-05", "2026-01-19", per_day=2.0, seed=5)
+    assert 10 <= len(events) <= 40
+    assert {type(e) for e in events} == {FlashCrowd, Outage, LevelShift}
+    traffic = generate_traffic(START, TWO_WEEKS, events=events, seed=4)
+    labelled = traffic.events
+    assert len(labelled) == len(events)
+    ends = labelled["end"].iloc[:-1].to_numpy()
+    assert (labelled["start"].iloc[1:].to_numpy() >= ends).all()  # no two events overlap
+    for row in labelled.itertuples():
+        window = traffic.frame.loc[row.start : row.end - pd.Timedelta(minutes=1)]
+        assert (window["anomaly_kind"] == row.kind).all()
+    only = random_events("2026-01-05", "2026-01-19", kinds=["outage"], seed=1)
+    assert only and all(isinstance(e, Outage) for e in only)
+    assert random_events("2026-01-05", "2026-01-19", per_day=0.0) == []
+    with pytest.raises(ValueError, match="kinds must be a non-empty sequence"):
+        random_events("2026-01-05", "2026-01-19", kinds=["meteor"])
+    with pytest.raises(ValueError, match="must be after start"):
+        random_events("2026-01-05", "2026-01-05")

@@ -15,6 +15,7 @@ from models.synthetic.traffic import (
     SyntheticTraffic,
     TrafficEvent,
     generate_traffic,
+    random_events,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "TrafficEvent",
     "erlang_c",
     "generate_traffic",
+    "random_events",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "SyntheticTraffic",
     "TrafficEvent",
     "generate_traffic",
+    "random_events",
 ]
 
 TimeLike: TypeAlias = str | pd.Timestamp
@@ -86,6 +87,7 @@ class SyntheticTraffic:
         frame: one row per interval, indexed by a DatetimeIndex named ``timestamp``, with
             columns ``demand_qps`` (offered), ``qps`` (served by the pool), ``qps_per_node``,
             ``utilisation`` (per-node load / saturation load), ``latency_p99_ms``,
+            ``latency_p999_ms`` (both per node, capped at ``timeout_ms``),
             ``error_rate``, ``success_rate``, ``is_holiday``, ``is_anomaly`` and
             ``anomaly_kind`` (one of :data:`ANOMALY_KINDS` or ``"none"``).
         events: one row per event overlapping the frame, sorted by start, with columns
@@ -215,12 +217,14 @@ def generate_traffic(
     overload_share = np.where(
         offered_per_node > 0, 1.0 - served_per_node / np.maximum(offered_per_node, 1e-300), 0.0
     )
-    latency = node.latency_quantile_ms(
-        np.minimum(served_per_node, node.saturation_qps * (1.0 - 1e-9))
-    )
+    stable_load = np.minimum(served_per_node, node.saturation_qps * (1.0 - 1e-9))
+    latency = node.latency_quantile_ms(stable_load, 0.99)
+    latency_p999 = node.latency_quantile_ms(stable_load, 0.999)
     if latency_noise > 0:
-        latency = latency * np.exp(rng.normal(0.0, latency_noise, n))
+        noise = np.exp(rng.normal(0.0, latency_noise, n))  # shared, so p999 >= p99 holds
+        latency, latency_p999 = latency * noise, latency_p999 * noise
     latency = np.minimum(latency, timeout_ms)
+    latency_p999 = np.minimum(latency_p999, timeout_ms)
     error_rate = 1.0 - (1.0 - base_error_rate) * (1.0 - drop) * (1.0 - overload_share)
 
     kinds = np.array([*ANOMALY_KINDS, "none"], dtype=object)
@@ -231,6 +235,7 @@ def generate_traffic(
             "qps_per_node": served_per_node,
             "utilisation": served_per_node / node.saturation_qps,
             "latency_p99_ms": latency,
+            "latency_p999_ms": latency_p999,
             "error_rate": error_rate,
             "success_rate": 1.0 - error_rate,
             "is_holiday": is_holiday,
@@ -245,6 +250,58 @@ def generate_traffic(
 
 
 _KIND: dict[type, str] = {FlashCrowd: "flash_crowd", Outage: "outage", LevelShift: "level_shift"}
+
+
+def random_events(
+    start: TimeLike,
+    end: TimeLike,
+    *,
+    per_day: float = 1.0,
+    kinds: Sequence[str] = ANOMALY_KINDS,
+    seed: int | None = 0,
+) -> list[TrafficEvent]:
+    """Anomalies at random, non-overlapping times in [start, end), for ``events=``.
+
+    About ``per_day`` events a day (Poisson), each of a kind drawn evenly from ``kinds``:
+    flash crowds of 2-4x lasting 10-60 min, outages dropping 50-100% for 5-30 min, and level
+    shifts of 0.6-0.8x or 1.25-1.6x labelled for an hour. Deterministic for a seed.
+    """
+    first, last = pd.Timestamp(start), pd.Timestamp(end)
+    if not last > first:
+        raise ValueError(f"end {end!r} must be after start {start!r}")
+    if (
+        isinstance(per_day, bool)
+        or not isinstance(per_day, int | float)
+        or not (math.isfinite(per_day) and per_day >= 0)
+    ):
+        raise ValueError(f"per_day must be a non-negative number, got {per_day!r}")
+    unknown = sorted(set(kinds) - set(ANOMALY_KINDS))
+    if unknown or not kinds or isinstance(kinds, str):
+        raise ValueError(f"kinds must be a non-empty sequence of {ANOMALY_KINDS}, got {kinds!r}")
+    rng = np.random.default_rng(seed)
+    span_minutes = int((last - first) / pd.Timedelta(minutes=1))
+    count = int(rng.poisson(per_day * span_minutes / 1440.0))
+    offsets = np.sort(rng.integers(0, max(span_minutes - 60, 1), size=count))
+    events: list[TrafficEvent] = []
+    busy_until = first
+    for offset in offsets:
+        at = first + pd.Timedelta(minutes=int(offset))
+        kind = str(kinds[int(rng.integers(len(kinds)))])
+        if kind == "flash_crowd":
+            length = pd.Timedelta(minutes=int(rng.integers(10, 61)))
+            event: TrafficEvent = FlashCrowd(at, length, float(rng.uniform(2.0, 4.0)))
+        elif kind == "outage":
+            length = pd.Timedelta(minutes=int(rng.integers(5, 31)))
+            event = Outage(at, length, float(rng.uniform(0.5, 1.0)))
+        else:
+            length = pd.Timedelta(hours=1)
+            factor = rng.uniform(0.6, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 1.6)
+            event = LevelShift(at, float(factor), length)
+        if at < busy_until or at + length > last:
+            continue  # keep events apart so every label has one cause
+        events.append(event)
+        busy_until = at + length + pd.Timedelta(minutes=30)
+    return events
 
 
 def _event_row(
