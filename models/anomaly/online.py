@@ -184,7 +184,7 @@ class TailCalibrator:
             return 0.0
         p = (1 + self._window.count_at_least(r)) / (n + 1)
         top = self._window.maximum()
-        if r > top:
+        if r > top > 0:
             p *= (max(top, 1e-12) / r) ** self.tail_index
         if self.history_scaling:
             p = min(1.0, p * (n / 1000.0) ** self.history_scaling)
@@ -220,13 +220,20 @@ class Refractory:
     """Suppression of repeated firings for ``hold_seconds``.
 
     ``mode="alarm"``: after a score >= ``alarm_level``, scores during the next
-    ``hold_seconds`` are scaled by ``damping``. ``mode="peak"``: a score is scaled by
+    ``hold_seconds`` are scaled by ``damping`` unless their tail probability ``1 - score`` is
+    ``escalation`` times smaller than the alarm's (a much bigger incident right after a small
+    one is still reported, and restarts the hold). ``mode="peak"``: a score is scaled by
     ``damping`` unless it is higher than every raw score of the previous ``hold_seconds``
     (only the strongest point of an incident keeps its score; needs no alarm level).
     """
 
     def __init__(
-        self, alarm_level: float, hold_seconds: float, damping: float = 0.0, mode: str = "alarm"
+        self,
+        alarm_level: float,
+        hold_seconds: float,
+        damping: float = 0.0,
+        mode: str = "alarm",
+        escalation: float = 100.0,
     ) -> None:
         if mode not in ("alarm", "peak"):
             raise ValueError(f"mode must be 'alarm' or 'peak', got {mode!r}")
@@ -234,7 +241,9 @@ class Refractory:
         self.hold_seconds = hold_seconds
         self.damping = damping
         self.mode = mode
+        self.escalation = escalation
         self._until = -math.inf
+        self._alarm_score = 1.0
         self._peaks: deque[tuple[float, float]] = deque()  # (time, score), scores decreasing
 
     def apply(self, t: float, score: float) -> float:
@@ -248,8 +257,9 @@ class Refractory:
                 peaks.pop()
             peaks.append((t, score))
             return score if higher else score * self.damping
-        if t < self._until:
+        if t < self._until and (1.0 - score) * self.escalation > 1.0 - self._alarm_score:
             return score * self.damping
         if score >= self.alarm_level and self.hold_seconds > 0:
             self._until = t + self.hold_seconds
+            self._alarm_score = score
         return score
