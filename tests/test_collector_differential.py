@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import pytest
 from tests.peers.collector import TidemarkCollector, tidemark_collector
 from tests.peers.fixtures import started
 from tests.peers.graphite import GraphiteStack, graphite_stack
-from tests.peers.plaintext import format_line, send_lines
+from tests.peers.plaintext import format_line, pickle_frames, send_bytes, send_lines
 from tests.peers.process import PeerFailed
 
 pytestmark = [pytest.mark.peers]
@@ -61,6 +61,14 @@ class Dataset:
     points: dict[str, list[tuple[int, float]]]  # what each series holds in the end
     overwritten: tuple[tuple[str, int, float], ...] = ()  # sent first, then overwritten
     raw_lines: tuple[str, ...] = ()  # odd plaintext (see ingest_edge_lines), sent first
+    pickled: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # pickle port
+
+    @property
+    def pickle_points(self) -> list[tuple[str, tuple[float, float]]]:
+        """The pickled series as carbon's pickle protocol carries them, in time order."""
+        merged = [(ts, path, value) for path, pts in self.pickled.items() for ts, value in pts]
+        merged.sort()
+        return [(path, (ts, value)) for ts, path, value in merged]
 
     @property
     def lines(self) -> list[str]:
@@ -128,7 +136,12 @@ def build_dataset(now: float) -> Dataset:
     # The same timestamp sent twice: the later value wins in carbon and must in ours.
     points["odd.dup"] = [(ts, float(i)) for i, ts in enumerate(stamps) if i % 10 == 0]
     overwritten = tuple(("odd.dup", ts, -1.0) for ts, _ in points["odd.dup"])
-    return Dataset(start, end, points, overwritten, ingest_edge_lines(start, end))
+    # Sent through the pickle port: int and float timestamps and values.
+    pickled: dict[str, list[tuple[float, float]]] = {
+        "pkl.ints": [(ts, i % 13) for i, ts in enumerate(stamps) if i % 2 == 0],
+        "pkl.floats": [(ts + 0.5, i * 0.125 - 3) for i, ts in enumerate(stamps) if i % 5],
+    }
+    return Dataset(start, end, points, overwritten, ingest_edge_lines(start, end), pickled)
 
 
 def ingest_edge_lines(start: int, end: int) -> tuple[str, ...]:
@@ -193,7 +206,7 @@ def _non_null_counts(server: GraphiteStack | TidemarkCollector, data: Dataset) -
     body = server.get(
         "/render",
         [("target", t) for t in ("svc.*.*.*", "neg.temp.*", "cnt.requests.*", "sparse.*")]
-        + [("target", t) for t in ("coarse.*", "odd.*", "odd.*.*")]
+        + [("target", t) for t in ("coarse.*", "odd.*", "odd.*.*", "pkl.*")]
         + [("from", str(data.start - 1)), ("until", str(data.end)), ("format", "json")],
     )
     return {
@@ -203,7 +216,7 @@ def _non_null_counts(server: GraphiteStack | TidemarkCollector, data: Dataset) -
 
 
 def _wait_readback(server: GraphiteStack | TidemarkCollector, data: Dataset, name: str) -> None:
-    expected = {path: len(pts) for path, pts in data.points.items()}
+    expected = {path: len(pts) for path, pts in (data.points | data.pickled).items()}
     deadline = time.monotonic() + READBACK_TIMEOUT_SECONDS
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
@@ -230,8 +243,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             tidemark_collector(tidemark_root, schemas=SCHEMAS, aggregation=AGGREGATION)
         ) as ours,
     ):
+        frames = pickle_frames(data.pickle_points)
         send_lines(graphite.line_port, lines)
+        send_bytes(graphite.pickle_port, frames)
         send_lines(ours.line_port, lines)
+        send_bytes(ours.pickle_port, frames)
         _wait_readback(graphite, data, "carbon + graphite-web")
         _wait_readback(ours, data, "tidemark collector")
         yield Pair(graphite, ours, data)
@@ -479,6 +495,8 @@ FUNCTION_CASES = [
     C("odd-names", ("odd.name-with_dash.*", "odd.Upper.*")),
     C("odd-names-glob-case", ("odd.upper.*", "odd.U*.Case")),
     C("duplicate-timestamps-last-wins", ("odd.dup",)),
+    C("pickle-ingest", ("pkl.*",)),
+    C("pickle-and-plaintext", ("sumSeries(pkl.ints,svc.web.host1.qps)",)),
     C("sumSeries-of-nothing", ("sumSeries(nope.*)",)),
     C("keyword-args", ('summarize(svc.web.host1.qps,intervalString="5min",func="max")',)),
 ]

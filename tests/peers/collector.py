@@ -1,7 +1,7 @@
 """Our own `tidemark collector` as a subprocess on free loopback ports.
 
 Uses the CLI contract: ``tidemark collector --data-dir DIR --host 127.0.0.1 --plaintext-port P
---udp-port 0 --pickle-port 0 --http-port H --config FILE``; the carbon-format
+--udp-port 0 --pickle-port Q --http-port H --config FILE``; the carbon-format
 storage-schemas.conf and storage-aggregation.conf sit beside FILE; /healthz answers 200 once
 every listener is up; SIGTERM flushes and exits 0.
 """
@@ -47,6 +47,7 @@ class TidemarkCollector:
     line_port: int
     http_port: int
     data_dir: Path
+    pickle_port: int
 
     @property
     def base_url(self) -> str:
@@ -92,7 +93,7 @@ def tidemark_collector(
     data_dir.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
     for _attempt in range(START_ATTEMPTS):
-        line, http = free_port(), free_port()
+        line, http, pickle = free_port(), free_port(), free_port()
         process = PeerProcess(
             "tidemark collector",
             [
@@ -109,7 +110,7 @@ def tidemark_collector(
                 "--udp-port",
                 "0",
                 "--pickle-port",
-                "0",
+                str(pickle),
                 "--http-port",
                 str(http),
                 "--config",
@@ -128,7 +129,7 @@ def tidemark_collector(
         except PeerFailed as exc:
             last_error = exc
             continue
-        collector = TidemarkCollector(process, line, http, data_dir)
+        collector = TidemarkCollector(process, line, http, data_dir, pickle)
         try:
             yield collector
         finally:

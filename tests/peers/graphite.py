@@ -111,6 +111,11 @@ class GraphiteStack:
         return self.carbon.line_port
 
     @property
+    def pickle_port(self) -> int:
+        """carbon's pickle TCP port."""
+        return self.carbon.pickle_port
+
+    @property
     def base_url(self) -> str:
         """graphite-web's base URL."""
         return self.web.base_url
