@@ -251,10 +251,11 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
             # of the extrapolated distance on each side.
             margin = _EXTRAPOLATION_MARGIN * (point - float(curve.loads[-1]))
             lower, upper = min(lower, point - margin), max(upper, point + margin)
-        if how == "crossed":
-            # The crossing is interpolated between two knots: the range is at least as wide
-            # as half their spacing on each side.
-            i = int(np.flatnonzero(curve.latencies > objective)[0])
+        if math.isfinite(point):
+            # The curve is only known at its knots: the range is at least half the spacing
+            # of the knots around the crossing (or of the last two) on each side.
+            above = np.flatnonzero(curve.latencies > objective)
+            i = int(above[0]) if above.size else curve.loads.size - 1
             half_gap = 0.5 * float(curve.loads[i] - curve.loads[i - 1])
             lower, upper = min(lower, point - half_gap), max(upper, point + half_gap)
         reach = max_load * float(self.max_extrapolation)
