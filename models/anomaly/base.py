@@ -67,8 +67,13 @@ class _Suppressed:
 class DetectorState(Protocol):
     """The online state of a fitted detector."""
 
-    expected: np.ndarray  # expected value per signal after the last step (NaN if unknown)
-    signal: int  # index of the signal that drove the last score
+    @property
+    def expected(self) -> np.ndarray:
+        """Expected value per signal at the last step (NaN if unknown)."""
+
+    @property
+    def signal(self) -> int:
+        """Index of the signal that drove the last score."""
 
     def step(self, t: float, x: np.ndarray) -> float:
         """Score the point ``x`` (one value per signal) at time ``t`` seconds, then learn it."""
