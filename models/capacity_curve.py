@@ -38,6 +38,7 @@ Statuses (``status_``):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -299,32 +300,32 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
         def positive_finite(name: str, value: object) -> None:
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (math.isfinite(value) and value > 0)
+                or not isinstance(value, numbers.Real)
+                or not (math.isfinite(float(value)) and float(value) > 0)
             ):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
         def integer(name: str, value: object, minimum: int) -> None:
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | np.integer)
-                or value < minimum
+                or not isinstance(value, numbers.Integral)
+                or int(value) < minimum
             ):
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
         positive_finite("latency_objective_ms", self.latency_objective_ms)
         if (
             isinstance(self.min_rise, bool)
-            or not isinstance(self.min_rise, int | float)
-            or not (0.0 <= self.min_rise < 1.0)
+            or not isinstance(self.min_rise, numbers.Real)
+            or not (0.0 <= float(self.min_rise) < 1.0)
         ):
             raise ValueError(f"min_rise must be a number in [0, 1), got {self.min_rise!r}")
         for name in ("quantile", "coverage"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 < value < 1.0
+                or not isinstance(value, numbers.Real)
+                or not 0.0 < float(value) < 1.0
             ):
                 raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
         if self.configured_capacity is not None:
