@@ -18,7 +18,7 @@ from models.anomaly import DEFAULT_DETECTOR, DETECTORS, AlertPolicy, AlertPolicy
 from models.anomaly import make_detector as _make_detector
 from tidemark.errors import UsageError
 
-__all__ = ["configure_parser", "run", "read_series_csv"]
+__all__ = ["configure_parser", "run", "read_series_csv", "read_feedback_csv"]
 
 _OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "anomaly_explanation")
 
@@ -46,6 +46,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--min-duration", type=int, default=None, help="points above threshold before alerting"
     )
     parser.add_argument("--explain", action="store_true", help="add an anomaly_explanation column")
+    parser.add_argument(
+        "--feedback",
+        type=Path,
+        default=None,
+        help="CSV of timestamp,label (false_positive or missed): tunes the alert threshold "
+        "around those times of day and week before alerting",
+    )
 
 
 def read_series_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -100,6 +107,35 @@ def read_series_csv(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return raw, values
 
 
+_FEEDBACK_LABELS = ("false_positive", "missed")
+
+
+def read_feedback_csv(path: Path) -> list[tuple[pd.Timestamp, str]]:
+    """Read ``timestamp,label`` feedback rows (label ``false_positive`` or ``missed``)."""
+    if not path.is_file():
+        raise UsageError(f"feedback file {str(path)!r} does not exist")
+    try:
+        raw = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if not {"timestamp", "label"} <= set(raw.columns):
+        raise UsageError(f"{path}: needs 'timestamp' and 'label' columns")
+    rows = []
+    for i, (stamp, label) in enumerate(zip(raw["timestamp"], raw["label"], strict=True)):
+        if label not in _FEEDBACK_LABELS:
+            raise UsageError(
+                f"{path}: row {i + 2}: label must be one of {', '.join(_FEEDBACK_LABELS)}"
+            )
+        try:
+            ts = pd.Timestamp(stamp)
+        except (ValueError, TypeError):
+            raise UsageError(f"{path}: row {i + 2}: bad timestamp {stamp!r}") from None
+        if ts is pd.NaT:
+            raise UsageError(f"{path}: row {i + 2}: empty timestamp")
+        rows.append((ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts, str(label)))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     """Score the input and write the output."""
     if args.detector not in DETECTORS:
@@ -110,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not output.parent.resolve().is_dir():
         raise UsageError(f"output directory {str(output.parent)!r} does not exist")
     raw, values = read_series_csv(args.input)
+    feedback = read_feedback_csv(args.feedback) if args.feedback is not None else []
     defaults = AlertPolicyConfig()
     try:
         trigger = defaults.trigger_threshold if args.threshold is None else args.threshold
@@ -132,8 +169,14 @@ def run(args: argparse.Namespace) -> int:
     signals = [columns[j] for j in scored["signal"].to_numpy()]
     observed = values.to_numpy()[np.arange(len(values)), scored["signal"].to_numpy()]
     policy = AlertPolicy(config)
+    series = str(args.input.name)
+    for ts, label in feedback:
+        if label == "false_positive":
+            policy.mark_false_positive(series, ts)
+        else:
+            policy.mark_missed(series, ts)
     firing = policy.evaluate(
-        str(args.input.name), values.index, scores, signals, scored["expected"].to_numpy(), observed
+        series, values.index, scores, signals, scored["expected"].to_numpy(), observed
     )
     out = raw.drop(columns=[c for c in _OUTPUT_COLUMNS if c in raw.columns])
     out["anomaly_score"] = np.round(scores, 12)

@@ -183,3 +183,39 @@ def test_eval_anomaly_usage_errors(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown detector" in proc.stderr
     proc = tidemark("eval")
     assert proc.returncode == 2 and "anomaly" in proc.stderr
+
+
+def test_detect_feedback_tunes_alerts(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    write_series(source, spike_at=None)
+    base_out = tmp_path / "base.csv"
+    assert tidemark("detect", "--input", str(source), "--output", str(base_out)).returncode == 0
+    base = pd.read_csv(base_out)
+    alerting = np.flatnonzero(base["is_anomaly"].to_numpy() == 1)
+    assert len(alerting) > 0  # at the NAB-tuned operating point clean data alerts ~daily
+    false_alarm = int(alerting[0])
+    quiet = base["anomaly_score"].where(base["is_anomaly"] == 0).iloc[600:]
+    missed = int(quiet.idxmax())
+    feedback = tmp_path / "feedback.csv"
+    rows = [f"{base['timestamp'].iloc[false_alarm]},false_positive"] * 8
+    rows += [f"{base['timestamp'].iloc[missed]},missed"] * 8
+    feedback.write_text("timestamp,label\n" + "\n".join(rows) + "\n")
+    tuned_out = tmp_path / "tuned.csv"
+    args = [
+        "detect",
+        "--input",
+        str(source),
+        "--output",
+        str(tuned_out),
+        "--feedback",
+        str(feedback),
+    ]
+    proc = tidemark(*args)
+    assert proc.returncode == 0, proc.stderr
+    tuned = pd.read_csv(tuned_out)
+    np.testing.assert_allclose(tuned["anomaly_score"], base["anomaly_score"])  # scores unchanged
+    assert tuned["is_anomaly"].iloc[false_alarm] == 0
+    assert tuned["is_anomaly"].iloc[missed] == 1
+    feedback.write_text("timestamp,label\n2024-03-01,maybe\n")
+    proc = tidemark(*args)
+    assert proc.returncode == 2 and "label must be one of" in proc.stderr

@@ -225,20 +225,19 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """-1 for outliers, +1 for inliers."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    def update(self, timestamp: pd.Timestamp | float, value: float | np.ndarray) -> float:
+    def update(self, timestamp: pd.Timestamp | str | float, value: float | np.ndarray) -> float:
         """Score one new point and learn it (constant time); returns the anomaly score."""
         return self.update_explained(timestamp, value).score
 
     def update_explained(
-        self, timestamp: pd.Timestamp | float, value: float | np.ndarray
+        self, timestamp: pd.Timestamp | str | float, value: float | np.ndarray
     ) -> ScoredPoint:
         """Like :meth:`update`, with which signal drove the score and its expected value."""
         check_is_fitted(self, "state_")
-        t = (
-            pd.Timestamp(timestamp).value / 1e9
-            if isinstance(timestamp, pd.Timestamp | str)
-            else float(timestamp)
-        )
+        if isinstance(timestamp, int | float | np.integer | np.floating):
+            t = float(timestamp)
+        else:
+            t = pd.Timestamp(timestamp).value / 1e9
         x = np.atleast_1d(np.asarray(value, dtype=float))
         if x.shape != (self.n_features_in_,):
             raise ValueError(
