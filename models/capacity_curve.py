@@ -137,7 +137,7 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
     ``capacity_lower_``, ``capacity_upper_``, ``status_``, ``reason_``, ``saturated_``,
     ``curve_loads_`` and ``curve_latencies_ms_`` (the isotonic curve's knots; empty when no
     curve could be fitted) and ``queueing_params_`` (``offset_ms``, ``scale_ms``,
-    ``saturation_load`` of the queueing-shaped curve, or empty).
+    ``saturation_load`` and ``exponent`` of the queueing-shaped curve, or empty).
     """
 
     def __init__(
@@ -216,6 +216,7 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
             "offset_ms": curve.offset,
             "scale_ms": curve.scale,
             "saturation_load": curve.saturation,
+            "exponent": curve.exponent,
         }
         self._curve_ = curve
         point, how = self._capacity_from_curve(curve)
@@ -233,7 +234,7 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
             )
 
         base = float(curve.latencies[0])
-        rise = (float(curve.latencies[-1]) - base) / (objective - base)
+        rise = (float(curve.latencies[-1]) - base) / (objective - base) if objective > base else 1.0
         if how == "extrapolated" and rise < self.min_rise:
             return self._finish(
                 "not_near_saturation",
@@ -398,11 +399,12 @@ class CapacityCurve(BaseEstimator):  # type: ignore[misc]
         tail = (1.0 - float(self.coverage)) / 2.0
         finite = estimates[np.isfinite(estimates)]
         if finite.size < estimates.size * (1.0 - tail):
-            return float(np.quantile(estimates, tail)), math.inf
+            # inf - inf would spoil interpolation: take the order statistic.
+            return float(np.sort(estimates)[int(tail * (estimates.size - 1))]), math.inf
         # Resampling shifts the estimates (it thins out the rare peak intervals), so use the
         # bootstrap for the spread only and centre the range on the full-data estimate.
         low, mid, high = np.quantile(finite, [tail, 0.5, 1.0 - tail])
-        return float(point - (mid - low)), float(point + (high - mid))
+        return max(0.0, float(point - (mid - low))), float(point + (high - mid))
 
     def _finish(
         self,

@@ -138,6 +138,16 @@ def test_too_few_points_and_constant_load_are_reported_not_raised() -> None:
     assert nothing.estimate_.n_dropped == 2
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_flat_latency_at_or_under_the_objective_is_not_near_saturation() -> None:
+    load = np.linspace(1.0, 90.0, 300)
+    for level in (50.0, 20.0):  # exactly at the objective, and well under it
+        model = CapacityCurve(latency_objective_ms=50.0).fit(load, np.full(300, level))
+        assert model.status_ == "not_near_saturation", model.reason_
+        assert model.capacity_ == 90.0
+        assert model.predict_latency([10.0])[0] == level
+
+
 def test_nan_pairs_are_dropped_and_inf_latency_counts_as_over_the_objective() -> None:
     node = MMcNode(servers=8, service_time_ms=10.0)
     frame = one_day(node, 100.0, peak_share=1.08, seed=0)
