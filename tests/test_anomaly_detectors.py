@@ -202,3 +202,13 @@ def test_nan_values_score_zero_and_do_not_break_state() -> None:
     scores = EnsembleDetector().fit_anomaly_score(series)
     assert np.all(scores[300:310] == 0.0)
     assert np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("n", [50, 500, 4032])
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_esd_critical_value_matches_its_p_value(n: int, alpha: float) -> None:
+    from models.anomaly.esd import esd_critical_value, esd_p_value
+
+    lam = esd_critical_value(n, alpha)
+    assert esd_p_value(lam, n) == pytest.approx(alpha, rel=1e-6)
+    assert esd_p_value(lam * 1.05, n) < alpha < esd_p_value(lam * 0.95, n)

@@ -3,11 +3,12 @@
 Over a sliding window of the last ``window_points`` values the series is decomposed into a
 daily seasonal component (per-slot medians) plus the median; residuals are scaled by their
 MAD. A new point's statistic ``R = |x - seasonal - median| / MAD`` is the generalised ESD
-(Grubbs) test statistic, and its score is ``1 - min(1, p)`` where ``p`` is the
-Bonferroni-corrected two-sided t-test p-value the ESD critical values are built from (so
-``score >= 1 - alpha`` exactly when R exceeds the first ESD critical value at level
-``alpha``). The decomposition is refitted every ``refit_points`` points; between refits each
-point costs O(1).
+(Grubbs) test statistic; with ``lambda`` the first ESD critical value for the window at level
+``alpha``, the score is ``1 - alpha ** (R / lambda)``: so ``score >= 1 - alpha`` exactly
+when the ESD test rejects, and the score keeps growing with R far beyond that (a p-value
+would underflow to exactly 1.0 and leave a single corpus-wide threshold nothing to rank).
+:func:`esd_p_value` gives the test's Bonferroni-corrected p-value itself. The decomposition
+is refitted every ``refit_points`` points; between refits each point costs O(1).
 """
 
 from __future__ import annotations
@@ -16,26 +17,33 @@ import math
 from collections import deque
 
 import numpy as np
-from scipy.special import stdtr
+from scipy.special import stdtr, stdtrit
 
 from models.anomaly.base import BaseDetector
 from models.anomaly.online import DAY_SECONDS
 
-__all__ = ["SeasonalHybridESD"]
+__all__ = ["SeasonalHybridESD", "esd_critical_value", "esd_p_value"]
 
 _MAD_TO_SIGMA = 1.4826
 
 
-def esd_score(r: float, n: int) -> float:
-    """``1 - min(1, p)`` for the Grubbs statistic ``r`` of one point among ``n``."""
+def esd_critical_value(n: int, alpha: float) -> float:
+    """The first generalised-ESD critical value for ``n`` points at level ``alpha``."""
+    if n < 3:
+        return math.inf
+    t = float(stdtrit(n - 2, 1.0 - alpha / (2.0 * n)))
+    return (n - 1) * t / math.sqrt((n - 2 + t * t) * n)
+
+
+def esd_p_value(r: float, n: int) -> float:
+    """Bonferroni-corrected p-value of the Grubbs statistic ``r`` of one point among ``n``."""
     if n < 3 or math.isnan(r):
-        return 0.0
+        return 1.0
     denom = (n - 1) ** 2 - n * r * r
     if denom <= 0:
-        return 1.0
+        return 0.0
     t = math.sqrt(n * (n - 2) * r * r / denom)
-    p = 2.0 * n * float(stdtr(n - 2, -t))
-    return 1.0 - min(1.0, p)
+    return min(1.0, 2.0 * n * float(stdtr(n - 2, -t)))
 
 
 class _Signal:
@@ -48,6 +56,7 @@ class _Signal:
         self.center = math.nan
         self.scale = math.nan
         self.n = 0
+        self.critical = math.inf
 
 
 class _ESDState:
@@ -89,6 +98,7 @@ class _ESDState:
         mad = float(np.median(np.abs(rest - sig.center)))
         sig.scale = _MAD_TO_SIGMA * mad if mad > 0 else max(1e-9, float(np.std(rest)))
         sig.n = len(values)
+        sig.critical = esd_critical_value(sig.n, self.d.alpha)
 
     def step(self, t: float, x: np.ndarray) -> float:
         if math.isnan(self.first_t):
@@ -109,7 +119,8 @@ class _ESDState:
                 seasonal = sig.seasonal[self._slot(t)] if sig.seasonal is not None else 0.0
                 expected = seasonal + sig.center
                 self.expected[j] = expected
-                score = esd_score(abs(value - expected) / sig.scale, sig.n)
+                r = abs(value - expected) / sig.scale
+                score = 1.0 - self.d.alpha ** (r / sig.critical)
             sig.times.append(t)
             sig.values.append(float(value))
             due = (
@@ -125,7 +136,8 @@ class _ESDState:
 
 
 class SeasonalHybridESD(BaseDetector):
-    """Streaming seasonal-hybrid ESD; ``threshold = 1 - alpha`` of the ESD test."""
+    """Streaming seasonal-hybrid ESD at level ``alpha`` (``threshold`` defaults to
+    ``1 - alpha``: ``predict`` says -1 exactly where the ESD test rejects)."""
 
     def __init__(
         self,
@@ -134,6 +146,7 @@ class SeasonalHybridESD(BaseDetector):
         refit_points: int = 288,
         min_points: int = 100,
         daily: bool = True,
+        alpha: float = 0.05,
         threshold: float = 0.95,
         hold_seconds: float = 0.0,
         alarm_level: float = 0.999,
@@ -142,11 +155,14 @@ class SeasonalHybridESD(BaseDetector):
         self.refit_points = refit_points
         self.min_points = min_points
         self.daily = daily
+        self.alpha = alpha
         self.threshold = threshold
         self.hold_seconds = hold_seconds
         self.alarm_level = alarm_level
 
     def _new_state(self, n_features: int) -> _ESDState:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha!r}")
         if self.window_points < 3 or self.refit_points < 1 or self.min_points < 3:
             raise ValueError("window_points and min_points must be >= 3, refit_points >= 1")
         return _ESDState(n_features, self)
