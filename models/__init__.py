@@ -41,6 +41,7 @@ from models.synthetic import (  # noqa: E402
     Outage,
     SyntheticTraffic,
     generate_traffic,
+    random_events,
 )
 
 __all__ += [
@@ -52,6 +53,7 @@ __all__ += [
     "Outage",
     "SyntheticTraffic",
     "generate_traffic",
+    "random_events",
 ]
 
 # forecasting (models/forecast)
