@@ -288,3 +288,26 @@ def test_random_events_are_deterministic_apart_and_labelled() -> None:
         random_events("2026-01-05", "2026-01-19", kinds=["meteor"])
     with pytest.raises(ValueError, match="must be after start"):
         random_events("2026-01-05", "2026-01-05")
+
+
+def test_public_names_are_exported() -> None:
+    import models
+    import models.capacity_curve
+    import models.synthetic
+    import models.synthetic.queueing
+    import models.synthetic.traffic
+
+    for module in (
+        models.capacity_curve,
+        models.synthetic,
+        models.synthetic.queueing,
+        models.synthetic.traffic,
+    ):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.__all__ lists missing {name}"
+    for name in models.synthetic.__all__:
+        if name not in ("ANOMALY_KINDS", "TrafficEvent", "erlang_c"):
+            assert name in models.__all__ and getattr(models, name) is getattr(
+                models.synthetic, name
+            )
+    assert models.CapacityCurve is models.capacity_curve.CapacityCurve
