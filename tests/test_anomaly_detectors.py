@@ -212,3 +212,41 @@ def test_esd_critical_value_matches_its_p_value(n: int, alpha: float) -> None:
     lam = esd_critical_value(n, alpha)
     assert esd_p_value(lam, n) == pytest.approx(alpha, rel=1e-6)
     assert esd_p_value(lam * 1.05, n) < alpha < esd_p_value(lam * 0.95, n)
+
+
+@pytest.mark.parametrize("combine", ["max", "mean", "weighted", "geometric"])
+def test_ensemble_combiners(combine: str) -> None:
+    series = seasonal(3, seed=11)
+    series.iloc[700] += 30
+    members = [("residual", SeasonalResidualDetector()), ("cusum", CusumDetector())]
+    weights = [2.0, 1.0] if combine == "weighted" else None
+    ens = EnsembleDetector(detectors=members, combine=combine, weights=weights, hold_seconds=0)
+    scores = ens.fit_anomaly_score(series)
+    singles = np.vstack([d.fit_anomaly_score(series) for _, d in members])
+    assert np.all((scores >= 0) & (scores <= 1))
+    if combine == "max":
+        np.testing.assert_allclose(scores, singles.max(axis=0))
+    elif combine == "mean":
+        np.testing.assert_allclose(scores, singles.mean(axis=0))
+    elif combine == "weighted":
+        np.testing.assert_allclose(scores, (2 * singles[0] + singles[1]) / 3)
+    else:  # geometric mean of the tail probabilities
+        expected = 1 - np.exp(np.log(np.maximum(1 - singles, 1e-300)).mean(axis=0))
+        np.testing.assert_allclose(scores, expected)
+    with pytest.raises(ValueError, match="weight"):
+        EnsembleDetector(detectors=members, combine="weighted", weights=[1.0]).fit(series)
+
+
+def test_suppression_keeps_one_alarm_per_incident_but_lets_bigger_ones_through() -> None:
+    from models.anomaly.online import Refractory
+
+    hold = Refractory(alarm_level=0.99, hold_seconds=100.0)
+    out = [
+        hold.apply(t, s)
+        for t, s in [(0, 0.995), (10, 0.996), (50, 0.5), (60, 0.99999), (200, 0.995)]
+    ]
+    # 0.996 is muted; 0.99999 (tail >= 100x rarer than the alarm) escalates; later fires again
+    assert out == [0.995, 0.0, 0.0, 0.99999, 0.995]
+    peak = Refractory(alarm_level=0.99, hold_seconds=100.0, mode="peak")
+    out = [peak.apply(t, s) for t, s in [(0, 0.5), (10, 0.9), (20, 0.8), (30, 0.95), (200, 0.6)]]
+    assert out == [0.5, 0.9, 0.0, 0.95, 0.6]
