@@ -69,6 +69,10 @@ def test_contract(name: str) -> None:
     scores = det.anomaly_score(test)
     assert np.all((scores >= 0) & (scores <= 1))
     np.testing.assert_allclose(scores, -raw)
+    labels = small(name).fit_predict(series)
+    np.testing.assert_array_equal(
+        labels == -1, small(name).fit_anomaly_score(series) >= det.threshold
+    )
     # parameters round-trip: __init__ only stores them
     twin = clone(det)
     assert twin.get_params() == det.get_params()

@@ -10,7 +10,10 @@ Time series specifics: every detector is *causal*. ``fit(X)`` runs an online sta
 over ``X`` (each point scored from the points before it), ``score_samples(X)`` continues
 from the fitted state over new data without changing it, and ``update(timestamp, value)``
 scores one new point in constant time and learns it (streaming use). So
-``fit(A).score_samples(B)`` equals calling ``update`` on each row of ``B`` in turn.
+``fit(A).anomaly_score(B)`` (= ``-score_samples``) equals calling ``update`` on each row of
+``B`` in turn. ``fit_predict(X)`` labels ``X`` from its own causal scores. Detectors with a
+``hold_seconds`` parameter > 0 mute repeated firings after an alarm (see
+:class:`~models.anomaly.online.Refractory`).
 ``anomaly_score`` gives scores in [0, 1] (higher is more abnormal) and
 ``fit_anomaly_score(X)`` the causal scores of ``X`` from scratch, as in live use.
 
@@ -183,6 +186,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self.last_timestamp_ = float(seconds[-1])
         self.offset_ = -float(self.threshold)
         return out, index
+
+    def fit_predict(self, X: Any, y: Any = None, **kwargs: Any) -> np.ndarray:
+        """Fit on ``X`` and label it from its causal scores: -1 outliers, +1 inliers."""
+        return np.where(self.fit_anomaly_score(X) >= float(self.threshold), -1, 1)
 
     def fit_anomaly_score(self, X: Any) -> np.ndarray:
         """Fit on ``X`` and return its causal anomaly scores in [0, 1] (live-use scores)."""
