@@ -200,6 +200,15 @@ def test_bad_input_is_rejected_clearly() -> None:
         det.update(pd.Timestamp("2000-01-01"), 1.0)
 
 
+def test_numpy_arrays_continue_the_fitted_rows() -> None:
+    values = seasonal(2, seed=12).to_numpy()
+    det = SeasonalResidualDetector().fit(values[:400])
+    np.testing.assert_allclose(
+        det.anomaly_score(values[400:]), SeasonalResidualDetector().fit_anomaly_score(values)[400:]
+    )
+    assert set(np.unique(det.predict(values[400:]))) <= {-1, 1}
+
+
 def test_nan_values_score_zero_and_do_not_break_state() -> None:
     series = seasonal(2, seed=7)
     series.iloc[300:310] = np.nan

@@ -18,7 +18,8 @@ scores one new point in constant time and learns it (streaming use). So
 ``fit_anomaly_score(X)`` the causal scores of ``X`` from scratch, as in live use.
 
 ``X`` is a ``pandas.Series`` or ``DataFrame`` with a ``DatetimeIndex`` (one column per signal),
-or a NumPy array (rows one second apart).
+or a NumPy array (rows one second apart; an array given after ``fit`` continues the fitted
+rows).
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             raise ValueError(
                 f"X has {values.shape[1]} signals, the detector was fitted on {self.n_features_in_}"
             )
+        if not isinstance(X, pd.Series | pd.DataFrame):
+            seconds = seconds + self.last_timestamp_ + 1.0  # arrays continue the fitted rows
         return seconds, values, index
 
     def anomaly_score(self, X: Any) -> np.ndarray:
