@@ -118,7 +118,8 @@ class Workload:
 class Server(Protocol):
     """What the benchmark needs from each server."""
 
-    line_port: int
+    @property
+    def line_port(self) -> int: ...
 
     def cpu_seconds(self) -> float: ...
 
@@ -387,15 +388,23 @@ def print_table(results: list[Result]) -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     carbon, vm = by_name.get("carbon"), by_name.get("vm")
+
+    def rate(result: Result | None, accepted: bool = False) -> float | None:
+        if result is None:
+            return None
+        if accepted:
+            return result.points / result.send_seconds if result.send_seconds else None
+        return result.throughput
+
     for r in results:
         throughput = f"{r.throughput:,.0f}" if r.throughput else "-"
         accepted = r.points / r.send_seconds if r.send_seconds else 0.0
         print(
-            f"| {r.server} | {throughput} | {_ratio(r.throughput, carbon and carbon.throughput)} "
-            f"| {_ratio(r.throughput, vm and vm.throughput)} | {accepted:,.0f} "
-            f"| {_ratio(accepted, carbon and carbon.points / carbon.send_seconds)} "
-            f"| {_ratio(accepted, vm and vm.points / vm.send_seconds)} "
-            f"| {_ratio(r.cpu_seconds, carbon and carbon.cpu_seconds)} |"
+            f"| {r.server} | {throughput} | {_ratio(r.throughput, rate(carbon))} "
+            f"| {_ratio(r.throughput, rate(vm))} | {accepted:,.0f} "
+            f"| {_ratio(accepted, rate(carbon, accepted=True))} "
+            f"| {_ratio(accepted, rate(vm, accepted=True))} "
+            f"| {_ratio(r.cpu_seconds, carbon.cpu_seconds if carbon else None)} |"
         )
 
 

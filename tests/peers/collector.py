@@ -9,6 +9,7 @@ every listener is up; SIGTERM flushes and exits 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import sys
 import urllib.parse
@@ -122,7 +123,7 @@ def tidemark_collector(
         process.start()
         try:
             process.wait_ready(
-                lambda http=http: _healthy(http),
+                functools.partial(_healthy, http),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"tidemark collector /healthz on port {http}",
             )

@@ -12,6 +12,7 @@ directory the caller passes in.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -197,7 +198,7 @@ def carbon_cache(
         process.start()
         try:
             process.wait_ready(
-                lambda ports=(line, pickle, query): all(tcp_open(p) for p in ports),
+                functools.partial(_all_open, (line, pickle, query)),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"carbon-cache listening on {line}/{pickle}/{query}",
             )
@@ -313,7 +314,7 @@ def graphite_web(
         url = f"http://127.0.0.1:{port}/metrics/find?query=*"
         try:
             process.wait_ready(
-                lambda url=url: _answers_200(url),
+                functools.partial(_answers_200, url),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"graphite-web answering {url}",
             )
@@ -326,6 +327,10 @@ def graphite_web(
             process.stop()
         return
     raise PeerFailed(f"graphite-web did not start in {START_ATTEMPTS} attempts: {last_error}")
+
+
+def _all_open(ports: tuple[int, ...]) -> bool:
+    return all(tcp_open(port) for port in ports)
 
 
 def _answers_200(url: str) -> bool:

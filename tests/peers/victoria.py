@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -96,7 +97,7 @@ def victoria_metrics(
         process.start()
         try:
             process.wait_ready(
-                lambda line=line, http=http: tcp_open(line) and _ready(http),
+                functools.partial(_listening, line, http),
                 timeout_seconds=ready_timeout_seconds,
                 what=f"victoria-metrics on {line}/{http}",
             )
@@ -109,6 +110,10 @@ def victoria_metrics(
             process.stop(timeout_seconds=30)
         return
     raise PeerFailed(f"victoria-metrics did not start in {START_ATTEMPTS} attempts: {last_error}")
+
+
+def _listening(line_port: int, http_port: int) -> bool:
+    return tcp_open(line_port) and _ready(http_port)
 
 
 def _ready(port: int) -> bool:
