@@ -49,6 +49,7 @@ demo: run
 
 bench: venv bench-peers
 	$(PY) benchmarks/collector_ingest.py
+	$(PY) benchmarks/collector_render.py
 	$(PY) benchmarks/agent_recording_cost.py
 	$(PY) benchmarks/agent_p999_accuracy.py
 	$(PY) benchmarks/agent_sidecar_overhead.py
