@@ -73,8 +73,12 @@ def test_cpu_seconds_include_children(tmp_path: Path) -> None:
             timeout_seconds=120,
             what="the child to burn 0.3 s of CPU",
         )
-        time.sleep(0.2)  # the shell reaps the child, moving its CPU time into cutime
-        assert process_tree_cpu_seconds(process.pid) >= 0.3
+        # Once the shell reaps the child, the child's CPU time moves into the shell's cutime.
+        wait_until(
+            lambda: process_tree_cpu_seconds(process.pid) >= 0.3,
+            timeout_seconds=30,
+            what="the tree's CPU seconds to include the reaped child's 0.3 s",
+        )
     finally:
         process.stop()
 
