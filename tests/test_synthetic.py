@@ -234,11 +234,25 @@ def test_latency_rises_near_saturation_and_overload_times_out() -> None:
 
 
 def test_timezone_aware_start_uses_local_hours() -> None:
-    frame = generate_traffic(
-        pd.Timestamp("2026-01-05", tz="Asia/Shanghai"), 3 * 1440, peak_hour=21.0, seed=1
-    ).frame
+    traffic = generate_traffic(
+        pd.Timestamp("2026-01-05", tz="Asia/Shanghai"),
+        3 * 1440,
+        peak_hour=21.0,
+        holidays=["2026-01-06"],
+        events=[FlashCrowd("2026-01-07 10:00", "30min")],
+        seed=1,
+    )
+    frame = traffic.frame
     assert str(frame.index.tz) == "Asia/Shanghai"
     assert int(frame["qps"].groupby(nearest_hour(frame.index)).mean().idxmax()) == 21
+    local_midnight = pd.Timestamp("2026-01-06", tz="Asia/Shanghai")
+    holiday = frame.index[frame["is_holiday"]]
+    assert holiday[0] == local_midnight and len(holiday) == 1440
+    flash = frame.index[frame["anomaly_kind"] == "flash_crowd"]
+    assert flash[0] == pd.Timestamp("2026-01-07 10:00", tz="Asia/Shanghai") and len(flash) == 30
+    assert list(traffic.events["start"]) == [local_midnight, flash[0]]
+    with pytest.raises(ValueError, match="tz-aware but start is naive"):
+        generate_traffic(START, 100, events=[FlashCrowd(pd.Timestamp(START, tz="UTC"))])
 
 
 @pytest.mark.parametrize(
