@@ -97,10 +97,21 @@ def _regular_frequency(index: pd.DatetimeIndex) -> pd.DateOffset:
     inferred = pd.infer_freq(index) if index.size >= 3 else None
     if inferred is not None:
         return pd.tseries.frequencies.to_offset(inferred)
-    steps = np.diff(index.asi8)
-    if steps.size == 0:
+    if index.size < 2:
         raise ValueError("cannot tell the frequency of a series with one timestamp")
-    return pd.tseries.frequencies.to_offset(pd.Timedelta(int(np.median(steps)), unit="ns"))
+    step = pd.TimedeltaIndex(index[1:] - index[:-1]).median()
+    if step <= pd.Timedelta(0):
+        raise ValueError("cannot tell the frequency: timestamps do not increase")
+    return pd.tseries.frequencies.to_offset(step)
+
+
+def _fixed(freq: pd.DateOffset) -> bool:
+    """Whether ``freq`` has a fixed length (hours, minutes, days; not months)."""
+    try:
+        pd.Timedelta(freq)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _seasonal_fill(values: np.ndarray, period: int | None) -> np.ndarray:
@@ -184,6 +195,12 @@ def prepare_series(
     if observed_count < 2:
         raise ValueError(f"y has {observed_count} observed values; a forecast needs at least 2")
     freq = _regular_frequency(series.index)
+    span_steps = (series.index[-1] - series.index[0]) / pd.Timedelta(freq) if _fixed(freq) else 0
+    if span_steps > 10 * series.size + 10_000:
+        raise ValueError(
+            f"{series.size} points span {span_steps:.0f} steps of {freq.freqstr}: "
+            "too sparse to forecast (check the timestamps)"
+        )
     grid = pd.date_range(series.index[0], series.index[-1], freq=freq)
     if grid.size == series.size and grid.equals(series.index):
         regular = series
@@ -296,9 +313,10 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
     def _fallback_errors(self, values: np.ndarray, horizon: int) -> np.ndarray:
         """Random-walk errors of the history, used when it is too short for backtests."""
         steps = np.arange(1, horizon + 1)
-        noise = np.diff(values)
-        sigma = float(np.std(noise)) if noise.size > 1 else float(abs(values[-1]) * 0.1 + 1e-9)
-        sigma = sigma if sigma > 0 else 1e-9
+        changes = np.diff(values)
+        sigma = float(np.sqrt(np.mean(changes**2))) if changes.size else 0.0
+        if sigma <= 0:
+            sigma = max(0.1 * float(np.abs(values).mean()), 1e-9)
         return np.vstack([sigma * np.sqrt(steps) * z for z in (-1.96, 1.96)])
 
     def fit(self, y: pd.Series) -> BaseForecaster:
