@@ -8,7 +8,7 @@ taken by the writer stays visible ("in flight") until its write finished.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from collector.series import Point
 
@@ -18,8 +18,9 @@ __all__ = ["MetricCache"]
 class MetricCache:
     """Per-metric lists of ``(ts, value)`` guarded by one short-held lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_new_name: Callable[[str], None] | None = None) -> None:
         self.lock = threading.Lock()
+        self._on_new_name = on_new_name  # told of each metric that starts a new list
         self._points: dict[str, list[tuple[int, float]]] = {}
         self._first: dict[str, tuple[int, float]] = {}  # path -> (epoch, arrival time)
         self._inflight: dict[str, tuple[list[tuple[int, float]], int, float]] = {}
@@ -34,6 +35,8 @@ class MetricCache:
             if entry is None:
                 cache[path] = entry = []
                 first[path] = (epoch, now)
+                if self._on_new_name is not None:
+                    self._on_new_name(path)
             entry.append((ts, value))
         self.size += count
 

@@ -23,7 +23,8 @@ from collector.config import CollectorConfig
 from collector.selfmetrics import CollectorMetrics
 from collector.series import FetchedSeries, MetricNode, Point
 from collector.storage.cache import MetricCache
-from collector.storage.globs import compile_segment, has_wildcard, match_path, split_pattern
+from collector.storage.globs import compile_segment, has_wildcard, split_pattern
+from collector.storage.nametree import NameTree
 from collector.storage.schemas import StorageRules, load_rules
 from collector.storage.wal import WriteAheadLog, encode_record
 from collector.storage.whisper_files import (
@@ -61,7 +62,10 @@ class MetricStore:
         self._data_dir = Path(os.path.abspath(config.data_dir))
         self.rules = rules if rules is not None else load_rules(config.schemas_dir)
         self.tree = WhisperTree(self._data_dir)
-        self._cache = MetricCache()
+        # Names in the cache whose file this process has not written yet: find() walks
+        # them beside the directory tree.
+        self._unwritten_names = NameTree()
+        self._cache = MetricCache(on_new_name=self._note_cached_name)
         self._wal = WriteAheadLog(self._data_dir / WAL_DIRNAME, config.wal_segment_bytes)
         self._pending: list[Point] = []
         self._epoch = 0  # the log segment the next flush writes to
@@ -92,7 +96,8 @@ class MetricStore:
         self._writer = WhisperWriter(
             self._cache, self.tree, self.rules, self._metrics, clock=self._clock,
             max_updates_per_second=self._config.writer_max_updates_per_second,
-            after_pass=self._after_pass, on_failure=self._pin)
+            after_pass=self._after_pass, on_failure=self._pin,
+            on_first_write=self._unwritten_names.discard)
         if self._writer_paused:
             self._writer.pause()
         self._writer.start()
@@ -355,15 +360,13 @@ class MetricStore:
         parts = split_pattern(pattern)  # ValueError for unsafe patterns
         found: set[tuple[str, bool]] = set()
         self._find_on_disk(self.tree.root, parts, 0, "", found)
-        depth = len(parts)
-        on_disk = self._writer.on_disk if self._writer is not None else set()
-        for name in self._cache.names():
-            if name in on_disk:
-                continue
-            kind = match_path(parts, name)
-            if kind is not None:
-                found.add((".".join(name.split(".")[:depth]) if not kind else name, kind))
+        found.update(self._unwritten_names.match(parts))
         return [MetricNode(p, leaf) for p, leaf in sorted(found, key=lambda n: (n[0], n[1]))]
+
+    def _note_cached_name(self, path: str) -> None:
+        writer = self._writer
+        if writer is None or path not in writer.on_disk:
+            self._unwritten_names.add(path)
 
     def _find_on_disk(self, directory: Path | str, parts: list[str], index: int, prefix: str,
                       found: set[tuple[str, bool]]) -> None:

@@ -29,7 +29,9 @@ class WhisperWriter:
     def __init__(self, cache: MetricCache, tree: WhisperTree, rules: StorageRules,
                  metrics: CollectorMetrics, *, clock: Callable[[], float],
                  max_updates_per_second: float, after_pass: Callable[[], None],
-                 on_failure: Callable[[int], None], idle_seconds: float = 0.05,
+                 on_failure: Callable[[int], None],
+                 on_first_write: Callable[[str], None] | None = None,
+                 idle_seconds: float = 0.05,
                  failure_backoff_seconds: float = 1.0) -> None:
         self._cache = cache
         self._tree = tree
@@ -39,6 +41,7 @@ class WhisperWriter:
         self._min_interval = 1.0 / max_updates_per_second if max_updates_per_second > 0 else 0.0
         self._after_pass = after_pass
         self._on_failure = on_failure
+        self._on_first_write = on_first_write  # told once per metric whose file it wrote
         self._idle_seconds = idle_seconds
         self._failure_backoff_seconds = failure_backoff_seconds
         self._wake = threading.Event()
@@ -144,7 +147,10 @@ class WhisperWriter:
                 self._metrics.files_created.inc()
             written = self._tree.write(file_path, points, now=int(self._clock()))
             self._metrics.points_written.inc(written)
-            self.on_disk.add(name)
+            if name not in self.on_disk:
+                self.on_disk.add(name)
+                if self._on_first_write is not None:
+                    self._on_first_write(name)
             self._metrics.whisper_updates.inc()
             return True
         except OSError as exc:
