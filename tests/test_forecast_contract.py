@@ -23,12 +23,17 @@ from models.forecast import (
 )
 
 
-def traffic(days: int = 21, freq: str = "h", noise: float = 4.0, seed: int = 0) -> pd.Series:
-    """Daily and weekly cycles plus Gaussian noise, like a service's request rate."""
+def traffic(
+    days: int = 21, freq: str = "h", noise: float = 4.0, seed: int = 0, phase_hours: float = 0.0
+) -> pd.Series:
+    """Daily and weekly cycles plus Gaussian noise, like a service's request rate.
+
+    ``phase_hours`` shifts where in the week the series starts.
+    """
     index = pd.date_range("2024-03-04", periods=days * 24, freq="h")
     if freq != "h":
         index = pd.date_range("2024-03-04", periods=days * 288, freq=freq)
-    hours = (index - index[0]) / pd.Timedelta(hours=1)
+    hours = (index - index[0]) / pd.Timedelta(hours=1) + phase_hours
     daily = 40 * np.sin(2 * np.pi * hours / 24)
     weekly = 15 * np.sin(2 * np.pi * hours / 168)
     rng = np.random.default_rng(seed)
