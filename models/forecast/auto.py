@@ -10,9 +10,9 @@ gradient-boosting model learned across all series with two windows of each serie
 out (A older, B newer). Per series, the boosted forecast, seasonal naive (daily and
 weekly) and the average of boosted and daily seasonal naive are compared on window A.
 Whether that per-series choice beats using the global model everywhere is itself
-backtested on window B (``policy_``). The intervals are calibrated on the winning policy's
-out-of-sample errors pooled over the fleet: windows A and B for the global model, window B
-for a per-series choice.
+backtested on window B (``policy_``). The intervals are calibrated, pooled over the fleet,
+on the winning policy's window-B errors in a per-series unit known before window B
+(``local_error_scale`` of window A); forecasts use the unit of window B.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ from models.forecast.base import (
     future_index,
     prepare_series,
 )
-from models.forecast.calibration import HorizonCalibration, calibrate_from_errors
+from models.forecast.calibration import (
+    HorizonCalibration,
+    calibrate_from_errors,
+    local_error_scale,
+)
 from models.forecast.ets import HoltWintersForecaster
 from models.forecast.global_gbm import GlobalGBMForecaster, SeriesCollection, as_series_dict
 from models.forecast.mstl import MSTLForecaster
@@ -271,7 +275,7 @@ class AutoForecaster(BaseForecaster):
         policy_errors: dict[str, list[float]] = {"per_series": [], "global": []}
         for name, options in option_sets.items():
             actual_b = gbm.holdout_actuals_[name][1]
-            scale = gbm.scales_[name]
+            scale = gbm.base_scales_[name]
             for policy, label in (("per_series", choices[name]), ("global", "gbm")):
                 error = np.abs(actual_b - options[label][1]) / scale
                 if np.isfinite(error).any():
@@ -286,14 +290,17 @@ class AutoForecaster(BaseForecaster):
             choices = {name: "gbm" for name in choices}
         final: dict[str, np.ndarray] = {}
         calibration_errors: list[np.ndarray] = []
+        units: dict[str, float] = {}
         for name, options in option_sets.items():
             label = choices[name]
             actual = gbm.holdout_actuals_[name]
-            # The global model's errors on both windows are out of sample; a per-series
-            # choice was made on window A, so only window B is honest for it.
-            windows = (1,) if per_series else (0, 1)
-            for w in windows:
-                calibration_errors.append((actual[w] - options[label][w]) / gbm.scales_[name])
+            base = np.array([gbm.base_scales_[name]])
+            window_errors = actual - options[label][:2]
+            unit_a = local_error_scale(base, window_errors[0][None, :])[0]
+            units[name] = float(local_error_scale(base, window_errors[1][None, :])[0])
+            # window B in the unit known before it (window A's): an honest calibration,
+            # also for a per-series choice, which was made on window A
+            calibration_errors.append(window_errors[1] / unit_a)
             final[name] = options[label][2]
         errors = np.vstack(calibration_errors)
         if not np.isfinite(errors).any():
@@ -303,6 +310,7 @@ class AutoForecaster(BaseForecaster):
         self.fleet_ = gbm
         self.choices_ = choices
         self.fleet_means_ = final
+        self.scales_ = units
         self.seasons_ = periods
         self.warnings_ = gbm.warnings_
         for name, lines in gbm.warnings_.items():
@@ -324,7 +332,7 @@ class AutoForecaster(BaseForecaster):
         frames: dict[str, pd.DataFrame] = {}
         for name, mean in self.fleet_means_.items():
             p: PreparedSeries = self.fleet_.prepared_[name]
-            scale = self.fleet_.scales_[name]
+            scale = self.scales_[name]
             mean = mean[:horizon]
             lower, upper = self.calibration_.bounds(mean / scale)
             frames[name] = forecast_frame(

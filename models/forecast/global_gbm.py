@@ -34,7 +34,11 @@ from models.forecast.base import (
     future_index,
     prepare_series,
 )
-from models.forecast.calibration import HorizonCalibration, calibrate_from_errors
+from models.forecast.calibration import (
+    HorizonCalibration,
+    calibrate_from_errors,
+    local_error_scale,
+)
 from models.forecast.seasonality import infer_seasons, validate_seasons
 
 __all__ = ["GlobalGBMForecaster", "SeriesCollection", "as_series_dict"]
@@ -143,6 +147,8 @@ class GlobalGBMForecaster(BaseForecaster):
     n_backtests : refitted backtest windows for the intervals of a single-series fit.
     holdout_windows : for ``fit_many``, windows of ``max_horizon`` points held out at the end
         of each series: not trained on, forecast out of sample to calibrate the intervals.
+        With two or more, each series' interval unit mixes its seasonal-difference scale
+        with its error on the previous window (``local_error_scale``).
     n_threads : OpenMP threads for the booster (None: all cores). The default, 1, is much
         faster on a busy machine, where spinning OpenMP threads wait for each other.
     random_state : seed for the row sampling and the booster.
@@ -166,7 +172,7 @@ class GlobalGBMForecaster(BaseForecaster):
         l2_regularization: float = 0.0,
         loss: str = "absolute_error",
         n_backtests: int = 3,
-        holdout_windows: int = 1,
+        holdout_windows: int = 2,
         n_threads: int | None = 1,
         random_state: int = 0,
     ) -> None:
@@ -363,11 +369,23 @@ class GlobalGBMForecaster(BaseForecaster):
             forecasts = self._batch_forecast([(items[r], o) for r, _, o in jobs])
             for (row, w, _), mean in zip(jobs, forecasts, strict=True):
                 means[row, w] = mean
-        scales = np.array([_error_scale(p.values, layout.period) for p in items])
+        base = np.array([_error_scale(p.values, layout.period) for p in items])
         self.holdout_means_ = dict(zip(prepared, means, strict=True))
         self.holdout_actuals_ = dict(zip(prepared, actuals, strict=True))
-        self.scales_ = dict(zip(prepared, scales, strict=True))
-        normalised = ((actuals - means) / scales[:, None, None]).reshape(-1, layout.horizon)
+        self.base_scales_ = dict(zip(prepared, base, strict=True))
+        errors = actuals - means
+        if windows >= 2:
+            # each window's errors in units mixing the series' scale and the previous
+            # window's error (see local_error_scale); the last window sets the final unit
+            units = np.stack(
+                [local_error_scale(base, errors[:, w]) for w in range(windows)], axis=1
+            )
+            normalised = (errors[:, 1:] / units[:, :-1, None]).reshape(-1, layout.horizon)
+            final = units[:, -1]
+        else:
+            normalised = (errors / base[:, None, None]).reshape(-1, layout.horizon)
+            final = base
+        self.scales_ = dict(zip(prepared, final, strict=True))
         self.calibration_ = _fleet_calibration(normalised, coverage, notes, list(prepared))
         self.prepared_ = prepared
         self.names_ = list(prepared)
