@@ -30,10 +30,16 @@ import pytest
 from tests.peers.collector import TidemarkCollector, tidemark_collector
 from tests.peers.fixtures import started
 from tests.peers.graphite import GraphiteStack, graphite_stack
-from tests.peers.plaintext import format_line, pickle_frames, send_bytes, send_lines
+from tests.peers.plaintext import (
+    format_line,
+    pickle_frames,
+    send_bytes,
+    send_datagrams,
+    send_lines,
+)
 from tests.peers.process import PeerFailed
 
-pytestmark = [pytest.mark.peers]
+pytestmark = [pytest.mark.peers, pytest.mark.slow]  # two peer pairs start: ~10-25 s in all
 
 STEP = 10
 SCHEMAS = (
@@ -799,6 +805,35 @@ def test_timestamp_minus_one_means_now(fresh_pair: Pair) -> None:
         assert len(points) == 1, points
         assert points[0][0] == 9.0
         assert abs(points[0][1] - sent_at) <= 30
+
+
+def test_plaintext_over_udp_stores_the_same(fresh_pair: Pair) -> None:
+    """The same plaintext lines in UDP datagrams (carbon's UDP listener vs ours)."""
+    end = int(time.time()) // 60 * 60 - 60
+    lines = [
+        format_line(f"udp.{name}", float(i * k) / 4, end - 600 + STEP * i)
+        for i in range(60)
+        for k, name in enumerate(["a", "b"], start=1)
+        if not (name == "b" and i % 7 == 0)
+    ]
+    params = [
+        ("target", "udp.*"),
+        ("from", str(end - 601)),
+        ("until", str(end)),
+        ("format", "json"),
+    ]
+    for server in (fresh_pair.graphite, fresh_pair.tidemark):
+        send_datagrams(server.udp_port, lines)
+        deadline = time.monotonic() + 30
+        while sum(
+            v is not None
+            for s in json.loads(server.get("/render", params))
+            for v, _ in s["datapoints"]
+        ) < len(lines):
+            assert time.monotonic() < deadline, f"{server.base_url}: UDP points never all arrived"
+            time.sleep(0.2)
+    ours, theirs = _ask_both(fresh_pair, "/render", params, relative=False)
+    assert_same_json(ours, theirs)
 
 
 def _wait_for_find(

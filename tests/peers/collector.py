@@ -1,7 +1,7 @@
 """Our own `tidemark collector` as a subprocess on free loopback ports.
 
 Uses the CLI contract: ``tidemark collector --data-dir DIR --host 127.0.0.1 --plaintext-port P
---udp-port 0 --pickle-port Q --http-port H --config FILE``; the carbon-format
+--udp-port U --pickle-port Q --http-port H --config FILE``; the carbon-format
 storage-schemas.conf and storage-aggregation.conf sit beside FILE; /healthz answers 200 once
 every listener is up; SIGTERM flushes and exits 0.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import socket
 import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -49,6 +50,7 @@ class TidemarkCollector:
     http_port: int
     data_dir: Path
     pickle_port: int
+    udp_port: int  # plaintext (and statsd-style) over UDP
 
     @property
     def base_url(self) -> str:
@@ -95,6 +97,7 @@ def tidemark_collector(
     last_error: Exception | None = None
     for _attempt in range(START_ATTEMPTS):
         line, http, pickle = free_port(), free_port(), free_port()
+        udp = free_port(socket.SOCK_DGRAM)
         process = PeerProcess(
             "tidemark collector",
             [
@@ -109,7 +112,7 @@ def tidemark_collector(
                 "--plaintext-port",
                 str(line),
                 "--udp-port",
-                "0",
+                str(udp),
                 "--pickle-port",
                 str(pickle),
                 "--http-port",
@@ -130,7 +133,7 @@ def tidemark_collector(
         except PeerFailed as exc:
             last_error = exc
             continue
-        collector = TidemarkCollector(process, line, http, data_dir, pickle)
+        collector = TidemarkCollector(process, line, http, data_dir, pickle, udp)
         try:
             yield collector
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class CarbonCache:
     storage_dir: Path
     whisper_dir: Path
     conf_dir: Path
+    udp_port: int  # plaintext over UDP
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by carbon-cache."""
@@ -117,6 +119,11 @@ class GraphiteStack:
         return self.carbon.pickle_port
 
     @property
+    def udp_port(self) -> int:
+        """carbon's plaintext UDP port."""
+        return self.carbon.udp_port
+
+    @property
     def base_url(self) -> str:
         """graphite-web's base URL."""
         return self.web.base_url
@@ -130,7 +137,7 @@ class GraphiteStack:
         return self.carbon.cpu_seconds() + self.web.cpu_seconds()
 
 
-def _carbon_conf(root: Path, line: int, pickle: int, query: int, throttled: bool) -> str:
+def _carbon_conf(root: Path, line: int, pickle: int, query: int, udp: int, throttled: bool) -> str:
     storage = root / "storage"
     limits = (
         "MAX_CACHE_SIZE = inf\nMAX_UPDATES_PER_SECOND = inf\nMAX_CREATES_PER_MINUTE = inf\n"
@@ -154,7 +161,9 @@ def _carbon_conf(root: Path, line: int, pickle: int, query: int, throttled: bool
         f"PICKLE_RECEIVER_PORT = {pickle}\n"
         "CACHE_QUERY_INTERFACE = 127.0.0.1\n"
         f"CACHE_QUERY_PORT = {query}\n"
-        "ENABLE_UDP_LISTENER = False\n"
+        "ENABLE_UDP_LISTENER = True\n"
+        "UDP_RECEIVER_INTERFACE = 127.0.0.1\n"
+        f"UDP_RECEIVER_PORT = {udp}\n"
         "USE_FLOW_CONTROL = True\n"
         "LOG_UPDATES = False\n"
         "LOG_CREATES = False\n"
@@ -186,7 +195,10 @@ def carbon_cache(
     last_error: Exception | None = None
     for _attempt in range(START_ATTEMPTS):  # a free port can be taken between probe and bind
         line, pickle, query = free_port(), free_port(), free_port()
-        (conf_dir / "carbon.conf").write_text(_carbon_conf(root, line, pickle, query, throttled))
+        udp = free_port(socket.SOCK_DGRAM)
+        (conf_dir / "carbon.conf").write_text(
+            _carbon_conf(root, line, pickle, query, udp, throttled)
+        )
         (storage / "carbon-cache-a.pid").unlink(missing_ok=True)
         process = PeerProcess(
             "carbon-cache",
@@ -206,7 +218,9 @@ def carbon_cache(
             last_error = exc
             continue
         try:
-            yield CarbonCache(process, line, pickle, query, storage, storage / "whisper", conf_dir)
+            yield CarbonCache(
+                process, line, pickle, query, storage, storage / "whisper", conf_dir, udp
+            )
         finally:
             process.stop()
         return

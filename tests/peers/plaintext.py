@@ -7,7 +7,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 
-__all__ = ["format_line", "pickle_frames", "send_bytes", "send_lines"]
+__all__ = ["format_line", "pickle_frames", "send_bytes", "send_datagrams", "send_lines"]
 
 
 def format_line(path: str, value: float, timestamp: int) -> str:
@@ -39,6 +39,18 @@ def send_bytes(port: int, chunks: Iterable[bytes]) -> None:
                 pass
         except OSError:
             pass
+
+
+def send_datagrams(port: int, lines: Sequence[str], *, lines_per_datagram: int = 20) -> int:
+    """Send lines as UDP datagrams to 127.0.0.1:port; returns the number of datagrams."""
+    count = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for start in range(0, len(lines), lines_per_datagram):
+            sock.sendto(
+                "".join(lines[start : start + lines_per_datagram]).encode(), ("127.0.0.1", port)
+            )
+            count += 1
+    return count
 
 
 def send_lines(port: int, lines: Iterable[str] | Sequence[str], *, chunk_lines: int = 5000) -> int:
