@@ -726,6 +726,37 @@ def test_index_json_matches_graphite_web(pair: Pair) -> None:
     assert set(pair.data.points) <= set(json.loads(theirs))
 
 
+def _post_both(
+    pair: Pair, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]
+) -> tuple[bytes, bytes]:
+    return pair.tidemark.post(path, query, form), pair.graphite.post(path, query, form)
+
+
+POST_CASES = {
+    "all-in-body": ([], [("target", "sumSeries(svc.*.host1.qps)"), ("target", "neg.temp.a")]),
+    "query-and-body-targets": ([("target", "neg.temp.b")], [("target", "aliasByNode(coarse.*,1)")]),
+    "body-overrides-format": ([("format", "csv")], [("target", "sparse.m1"), ("format", "json")]),
+    "body-maxDataPoints": ([("target", "svc.web.*.qps")], [("maxDataPoints", "25")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POST_CASES))
+def test_render_post_matches_graphite_web(pair: Pair, case: str) -> None:
+    """POST /render with form bodies: graphite-web adds the body's parameters to the query's."""
+    query, form = POST_CASES[case]
+    window = [(k, str(v)) for k, v in pair.window.items()]
+    if not any(k == "format" for k, _ in query + form):
+        form = [*form, ("format", "json")]
+    ours, theirs = _post_both(pair, "/render", query, form + window)
+    assert_same_json(ours, theirs)
+    assert json.loads(theirs), "the case must return some series"
+
+
+def test_find_post_matches_graphite_web(pair: Pair) -> None:
+    ours, theirs = _post_both(pair, "/metrics/find", [], [("query", "svc.{web,db}.*")])
+    assert json.loads(ours) == json.loads(theirs)
+
+
 INGEST_QUERIES = [
     ("ing.{sci,mixed,unaligned,float_ts}", "{start}", "{window_from}"),
     ("ing.*", "{start}", "{end}"),

@@ -25,6 +25,7 @@ from tests.peers.process import (
     PeerUnavailable,
     free_port,
     http_get,
+    http_post_form,
     process_tree_cpu_seconds,
 )
 
@@ -63,6 +64,14 @@ class TidemarkCollector:
         status, body = http_get(f"{self.base_url}{path}?{query}")
         if status != 200:
             raise PeerFailed(f"tidemark {path}?{query} answered {status}: {body[:300]!r}")
+        return body
+
+    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
+        """POST path?query with a form body; raises PeerFailed on a non-200 answer."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
+        status, body = http_post_form(url, form)
+        if status != 200:
+            raise PeerFailed(f"tidemark POST {url} {form} answered {status}: {body[:300]!r}")
         return body
 
     def cpu_seconds(self) -> float:

@@ -27,6 +27,7 @@ from tests.peers.process import (
     find_binary,
     free_port,
     http_get,
+    http_post_form,
     process_tree_cpu_seconds,
     tcp_open,
 )
@@ -96,6 +97,14 @@ class GraphiteWeb:
             raise PeerFailed(f"graphite-web {path}?{query} answered {status}: {body[:300]!r}")
         return body
 
+    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
+        """POST path?query with a form body; raises PeerFailed on a non-200 answer."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
+        status, body = http_post_form(url, form)
+        if status != 200:
+            raise PeerFailed(f"graphite-web POST {url} {form} answered {status}: {body[:300]!r}")
+        return body
+
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by gunicorn and its workers."""
         return process_tree_cpu_seconds(self.process.pid)
@@ -131,6 +140,10 @@ class GraphiteStack:
     def get(self, path: str, params: Mapping[str, object] | list[tuple[str, str]]) -> bytes:
         """GET from graphite-web."""
         return self.web.get(path, params)
+
+    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
+        """POST to graphite-web."""
+        return self.web.post(path, query, form)
 
     def cpu_seconds(self) -> float:
         """CPU seconds of carbon-cache plus graphite-web."""

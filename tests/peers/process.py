@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "find_binary",
     "wait_until",
     "http_get",
+    "http_post_form",
     "tcp_open",
     "process_tree_cpu_seconds",
 ]
@@ -84,6 +86,21 @@ def http_get(url: str, *, timeout_seconds: float = 30.0) -> tuple[int, bytes]:
     """GET a URL; returns (status, body). HTTP error statuses are returned, not raised."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def http_post_form(
+    url: str, form: list[tuple[str, str]], *, timeout_seconds: float = 30.0
+) -> tuple[int, bytes]:
+    """POST an application/x-www-form-urlencoded body; returns (status, body)."""
+    data = urllib.parse.urlencode(form).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:  # noqa: S310
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
