@@ -7,6 +7,7 @@ started one after the other in this run, and measures for each:
   read-back query confirms that every point is queryable (sample of last points first, then
   a server-side count of all points);
 - points lost: sent minus points counted per metric at the end (every metric checked);
+- the time of one more full count pass once everything is stored (the read-back cost alone);
 - CPU seconds used by the server's process tree during the run (for carbon: carbon-cache
   plus graphite-web, which serves the read-back);
 - ratios to carbon and to VictoriaMetrics.
@@ -227,6 +228,7 @@ class Result:
     cpu_seconds: float
     count_queries: int = 0  # count passes (graphite-style: over the groups still incomplete)
     last_count_seconds: float = 0.0
+    settled_count_seconds: float = 0.0  # one full count pass after everything is stored
     note: str = ""
 
     @property
@@ -284,6 +286,9 @@ def run_one(
             def per_metric() -> dict[str, int]:
                 return _vm_per_metric(vm, workload)  # type: ignore[arg-type]
 
+            def full_count() -> int:
+                return _vm_count(vm, workload)  # type: ignore[arg-type]
+
         else:
             confirmed: dict[str, int] = {}
 
@@ -300,6 +305,9 @@ def run_one(
 
             def per_metric() -> dict[str, int]:
                 return _graphite_per_metric(server, workload)
+
+            def full_count() -> int:
+                return sum(_graphite_count(server, workload, workload.groups).values())
 
         cpu_before = server.cpu_seconds()
         started = time.monotonic()
@@ -330,6 +338,9 @@ def run_one(
         if counted < workload.total_points:
             note = f"timed out after {timeout_seconds:.0f} s with {counted} points queryable"
             queryable_at = 0.0
+        settled_started = time.monotonic()
+        full_count()
+        settled_count_seconds = time.monotonic() - settled_started
         counts = per_metric()
         expected = workload.points_per_metric
         lost = sum(
@@ -345,6 +356,7 @@ def run_one(
         cpu_used,
         count_queries,
         last_count_seconds,
+        settled_count_seconds,
         note,
     )
 
@@ -371,15 +383,15 @@ def print_table(results: list[Result]) -> None:
     print()
     print(
         "| server | points | sent in s | last points visible s | all queryable s "
-        "| count queries (last took s) | lost | CPU s |"
+        "| count passes (last took s) | full count pass again s | lost | CPU s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         queryable = f"{r.queryable_seconds:.1f}" if r.queryable_seconds else f"- ({r.note})"
         print(
             f"| {r.server} | {r.points:,} | {r.send_seconds:.1f} | {r.sample_seconds:.1f} "
             f"| {queryable} | {r.count_queries} ({r.last_count_seconds:.1f}) "
-            f"| {r.lost:,} | {r.cpu_seconds:.1f} |"
+            f"| {r.settled_count_seconds:.1f} | {r.lost:,} | {r.cpu_seconds:.1f} |"
         )
     print()
     print(
