@@ -5,12 +5,18 @@ metric trees with gaps, negative values and counters that reset) go to both; eve
 then asks both servers the same question and compares the answers: same series names in the
 same order, same timestamps, values within 1e-9, nulls in the same places.
 
-Both peers are started once for this module. Most cases use fixed epoch from/until so both
+The points arrive through every ingest path both have: plaintext over TCP (including odd
+lines that test the receiver), carbon's pickle protocol, and plaintext over UDP. The questions
+cover every render function we implement, every time form, maxDataPoints, noNullPoints, the
+json, csv and raw formats, GET and POST, /metrics/find in its formats and /metrics/index.json.
+
+Both peers are started once for this module (plus a second, empty pair for receiver tests
+whose metrics would change the other answers). Most cases use fixed epoch from/until so both
 servers see identical windows; cases with relative times ("-1h", "now") ask graphite-web
 before and after asking us and retry if the step boundary moved in between.
 
-A real, justified difference is an ``xfail(strict=True)`` with its reason (see
-KNOWN_DIFFERENCES), never a weaker comparison.
+A real, justified difference is an ``xfail(strict=True)`` with its reason (KNOWN_DIFFERENCES
+for render cases, a marked test otherwise), never a weaker comparison.
 """
 
 from __future__ import annotations
