@@ -113,7 +113,8 @@ def test_fit_many_handles_a_fleet_with_problems() -> None:
     model = AutoForecaster(gbm_params={"max_iter": 20})
     with pytest.warns(ForecastWarning):
         model.fit_many(fleet)
-    assert "s1" in model.warnings_ and "short" in model.warnings_
+    assert "s1" in model.series_warnings_ and "short" in model.series_warnings_
+    assert any(line.startswith("series s1: ") for line in model.warnings_)
     forecasts = model.predict_many(24)
     assert set(forecasts) == set(fleet)
     for name, frame in forecasts.items():
@@ -130,3 +131,23 @@ def test_fit_many_refuses_mixed_frequencies() -> None:
         GlobalGBMForecaster(max_iter=5).fit_many(fleet)
     with pytest.raises(TypeError, match="mapping"):
         GlobalGBMForecaster().fit_many([traffic()])  # type: ignore[arg-type]
+
+
+def test_single_and_fleet_fits_do_not_mix() -> None:
+    fleet = {f"s{k}": traffic(days=14, seed=k) for k in range(4)}
+    gbm = GlobalGBMForecaster(max_iter=10, n_backtests=1).fit_many(fleet)
+    with pytest.raises(ValueError, match="predict_many"):
+        gbm.predict(24)
+    gbm.fit(fleet["s0"])
+    assert gbm.predict(24).shape == (24, 3)
+    with pytest.raises(ValueError, match="fit_many"):
+        gbm.predict_many(24)
+    auto = AutoForecaster(candidates=[("snaive", SeasonalNaiveForecaster())], n_backtests=1)
+    auto.fit(fleet["s1"])
+    auto.fit_many(fleet)
+    with pytest.raises(ValueError, match="predict_many"):
+        auto.predict(24)
+    auto.fit(fleet["s1"])
+    assert auto.predict(24).shape == (24, 3)
+    with pytest.raises(ValueError, match="fit_many"):
+        auto.predict_many(24)

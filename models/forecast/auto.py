@@ -135,6 +135,9 @@ class AutoForecaster(BaseForecaster):
     def fit(self, y: pd.Series) -> AutoForecaster:
         """Backtest the candidates on ``y``, keep the best (or a blend); returns self."""
         coverage = check_coverage(self.coverage)
+        fleet_state = ("fleet_", "fleet_means_", "choices_", "policy_", "policy_scores_")
+        for stale in (*fleet_state, "scales_", "series_warnings_"):
+            self.__dict__.pop(stale, None)
         prepared = prepare_series(y, self.seasons)
         notes = list(prepared.warnings)
         values, seasons = prepared.values, prepared.seasons
@@ -208,12 +211,12 @@ class AutoForecaster(BaseForecaster):
         """(members, backtest mean absolute error) for each candidate and blend."""
         if actual.size == 0:
             return [((name,), float("nan")) for name in forecasts]
-        singles = [
+        singles: list[tuple[tuple[str, ...], float]] = [
             ((name,), float(np.nanmean(np.abs(actual - f)))) for name, f in forecasts.items()
         ]
         singles = [item for item in singles if np.isfinite(item[1])] or singles
         singles.sort(key=lambda item: item[1])
-        options = list(singles)
+        options: list[tuple[tuple[str, ...], float]] = list(singles)
         if self.combine:
             for size in (2, 3):
                 if len(singles) >= size:
@@ -230,6 +233,8 @@ class AutoForecaster(BaseForecaster):
         """Fit a fleet at once (global model + per-series choice); returns self."""
         coverage = check_coverage(self.coverage)
         named = as_series_dict(series)
+        for stale in ("members_", "chosen_", "scores_", "index_", "freq_"):
+            self.__dict__.pop(stale, None)
         params = dict(self.gbm_params or {})
         params.setdefault("n_threads", 1)
         gbm = GlobalGBMForecaster(
@@ -312,12 +317,10 @@ class AutoForecaster(BaseForecaster):
         self.fleet_means_ = final
         self.scales_ = units
         self.seasons_ = periods
-        self.warnings_ = gbm.warnings_
-        for name, lines in gbm.warnings_.items():
-            for line in lines:
-                warnings.warn(
-                    f"AutoForecaster: series {name}: {line}", ForecastWarning, stacklevel=2
-                )
+        self.series_warnings_ = gbm.series_warnings_
+        self.warnings_ = list(gbm.warnings_)
+        for line in self.warnings_:
+            warnings.warn(f"AutoForecaster: {line}", ForecastWarning, stacklevel=2)
         return self
 
     def predict_many(self, horizon: int) -> dict[str, pd.DataFrame]:

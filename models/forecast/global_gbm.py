@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ from models.forecast.seasonality import infer_seasons, validate_seasons
 
 __all__ = ["GlobalGBMForecaster", "SeriesCollection", "as_series_dict"]
 
-SeriesCollection = Mapping[str, pd.Series] | pd.DataFrame
+SeriesCollection: TypeAlias = Mapping[str, pd.Series] | pd.DataFrame
 
 
 def as_series_dict(series: SeriesCollection) -> dict[str, pd.Series]:
@@ -310,9 +311,18 @@ class GlobalGBMForecaster(BaseForecaster):
 
     def fit(self, y: pd.Series) -> GlobalGBMForecaster:
         """Learn from one series; intervals come from refitted rolling-origin backtests."""
+        for stale in ("prepared_", "holdout_means_", "holdout_actuals_", "scales_"):
+            self.__dict__.pop(stale, None)
         super().fit(y)
-        self.names_ = None
+        self.names_: list[str] | None = None
         return self
+
+    def predict(self, horizon: int) -> pd.DataFrame:
+        """Forecast the series given to ``fit``: DataFrame of mean, lower, upper."""
+        check_is_fitted(self, "calibration_")
+        if getattr(self, "names_", None) is not None:
+            raise ValueError("this model was fitted with fit_many; use predict_many")
+        return super().predict(horizon)
 
     # -- many series -----------------------------------------------------------------
     def _feature_seasons(self, prepared: PreparedSeries) -> tuple[int, ...]:
@@ -328,6 +338,8 @@ class GlobalGBMForecaster(BaseForecaster):
         """
         coverage = check_coverage(self.coverage)
         named = as_series_dict(series)
+        for stale in ("last_series_", "index_", "freq_"):
+            self.__dict__.pop(stale, None)
         prepared: dict[str, PreparedSeries] = {}
         notes: dict[str, list[str]] = {}
         with warnings.catch_warnings():
@@ -390,12 +402,15 @@ class GlobalGBMForecaster(BaseForecaster):
         self.prepared_ = prepared
         self.names_ = list(prepared)
         self.seasons_ = seasons
-        self._mean_cache = None
-        self.warnings_ = {name: note for name, note in notes.items() if note}
-        for name, note in self.warnings_.items():
-            for line in note:
-                message = f"GlobalGBMForecaster: series {name}: {line}"
-                warnings.warn(message, ForecastWarning, stacklevel=2)
+        self._mean_cache: dict[str, np.ndarray] | None = None
+        self.series_warnings_ = {name: note for name, note in notes.items() if note}
+        self.warnings_ = [
+            f"series {name}: {line}"
+            for name, note in self.series_warnings_.items()
+            for line in note
+        ]
+        for line in self.warnings_:
+            warnings.warn(f"GlobalGBMForecaster: {line}", ForecastWarning, stacklevel=2)
         return self
 
     def _batch_forecast(self, jobs: list[tuple[PreparedSeries, int]]) -> list[np.ndarray]:
@@ -426,11 +441,13 @@ class GlobalGBMForecaster(BaseForecaster):
                 "this model was trained for"
             )
         means = self.mean_many(horizon)
-        return {name: self._frame(name, means[name]) for name in self.names_}
+        return {name: self._frame(name, means[name]) for name in means}
 
     def mean_many(self, horizon: int) -> dict[str, np.ndarray]:
         """Mean forecasts only (no intervals) of every series given to ``fit_many``."""
         check_is_fitted(self, "calibration_")
+        if getattr(self, "names_", None) is None:
+            raise ValueError("mean_many needs a model fitted with fit_many")
         if self._mean_cache is None:
             jobs = [(p, p.values.size) for p in self.prepared_.values()]
             self._mean_cache = dict(zip(self.prepared_, self._batch_forecast(jobs), strict=True))
