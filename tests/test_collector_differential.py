@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -871,6 +872,42 @@ def test_plaintext_over_udp_stores_the_same(fresh_pair: Pair) -> None:
             time.sleep(0.2)
     ours, theirs = _ask_both(fresh_pair, "/render", params, relative=False)
     assert_same_json(ours, theirs)
+
+
+def test_restart_keeps_what_carbon_keeps(fresh_pair: Pair, tmp_path: Path) -> None:
+    """Points sent just before SIGTERM survive a restart of ours, as carbon's whisper has them."""
+    end = int(time.time()) // 60 * 60 - 60
+    lines = [
+        format_line(f"dur.{name}", float(i + k), end - 900 + STEP * i)
+        for i in range(90)
+        for k, name in enumerate(["a", "b", "c"])
+    ]
+    params = [
+        ("target", "dur.*"),
+        ("from", str(end - 901)),
+        ("until", str(end)),
+        ("format", "json"),
+    ]
+
+    def count(server: GraphiteStack | TidemarkCollector) -> int:
+        series = json.loads(server.get("/render", params))
+        return sum(v is not None for s in series for v, _ in s["datapoints"])
+
+    send_lines(fresh_pair.graphite.line_port, lines)
+    with started(tidemark_collector(tmp_path, schemas=SCHEMAS)) as first:
+        send_lines(first.line_port, lines)
+        deadline = time.monotonic() + 30
+        while count(first) < len(lines):
+            assert time.monotonic() < deadline, "ours never read back the points"
+            time.sleep(0.2)
+    # Leaving the block sent SIGTERM and checked the exit status was 0.
+    with started(tidemark_collector(tmp_path, schemas=SCHEMAS)) as second:
+        deadline = time.monotonic() + 30
+        while count(fresh_pair.graphite) < len(lines):
+            assert time.monotonic() < deadline, "carbon never read back the points"
+            time.sleep(0.2)
+        assert_same_json(second.get("/render", params), fresh_pair.graphite.get("/render", params))
+        assert count(second) == len(lines)
 
 
 def _wait_for_find(
