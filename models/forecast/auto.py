@@ -143,7 +143,7 @@ class AutoForecaster(BaseForecaster):
         values, seasons = prepared.values, prepared.seasons
         horizon = self._backtest_horizon(seasons)
         candidates = self._candidate_list(seasons, horizon)
-        minimum = max(2 * max(seasons, default=1), 8)
+        minimum = max(2 * min(seasons, default=1), 8)
         origins = [
             values.size - k * horizon
             for k in range(int(self.n_backtests), 0, -1)

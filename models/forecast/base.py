@@ -291,7 +291,7 @@ class BaseForecaster(BaseEstimator):  # type: ignore[misc]
         """Errors of refits on truncated histories (origins × steps), NaN where unobserved."""
         n_origins = int(getattr(self, "n_backtests", 3))
         rows: list[np.ndarray] = []
-        minimum = max(2 * max(seasons, default=1), 8)
+        minimum = max(2 * min(seasons, default=1), 8)
         for k in range(n_origins, 0, -1):
             origin = values.size - k * horizon
             if origin < minimum:
