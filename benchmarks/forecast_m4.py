@@ -132,7 +132,9 @@ def main() -> int:
             forecasts = MODELS[model](history)
             seconds = time.perf_counter() - start
         figures = evaluate(forecasts, history, actual)
-        figures["owa"] = owa(figures["smape"], figures["mase"], reference["smape"], reference["mase"])
+        figures["owa"] = owa(
+            figures["smape"], figures["mase"], reference["smape"], reference["mase"]
+        )
         figures["seconds"] = seconds
         results[model] = figures
         print(
