@@ -29,11 +29,11 @@ _MIN_ORIGINS_FOR_EMPIRICAL_SCALE = 30
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The ceil((n + 1)·level)-th smallest score (the split-conformal quantile)."""
-    values = np.sort(scores[np.isfinite(scores)])
+    values = scores[np.isfinite(scores)]
     if values.size == 0:
         raise ValueError("no finite backtest errors to calibrate intervals with")
-    rank = math.ceil((values.size + 1) * level)
-    return float(values[min(max(rank, 1), values.size) - 1])
+    rank = min(max(math.ceil((values.size + 1) * level), 1), values.size) - 1
+    return float(np.partition(values, rank)[rank])
 
 
 @dataclass(frozen=True)

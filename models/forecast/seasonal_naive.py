@@ -8,6 +8,8 @@ from models.forecast.base import BaseForecaster
 
 __all__ = ["SeasonalNaiveForecaster", "seasonal_naive_matrix"]
 
+_MAX_ORIGINS = 400
+
 
 def seasonal_naive_matrix(
     values: np.ndarray, origins: np.ndarray, horizon: int, period: int
@@ -29,7 +31,7 @@ class SeasonalNaiveForecaster(BaseForecaster):
     period : the period to repeat; None uses the shortest usable season.
     backtest_horizon : steps per backtest (default two seasons); intervals are calibrated
         on the errors of every origin in the last ``n_backtests`` windows of the history,
-        which for this method cost nothing to compute.
+        which for this method cost nothing to compute (at most 400 origins, evenly spread).
     n_backtests : number of backtest windows.
     """
 
@@ -72,6 +74,8 @@ class SeasonalNaiveForecaster(BaseForecaster):
         if last < first:
             return np.empty((0, horizon))
         origins = np.arange(max(first, last - self.n_backtests * horizon), last + 1)
+        if origins.size > _MAX_ORIGINS:  # plenty for the quantiles, and bounded work
+            origins = origins[np.linspace(0, origins.size - 1, _MAX_ORIGINS).astype(int)]
         forecasts = seasonal_naive_matrix(values, origins, horizon, period)
         positions = origins[:, None] + np.arange(horizon)[None, :]
         errors = values[positions] - forecasts
