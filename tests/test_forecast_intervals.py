@@ -83,3 +83,23 @@ def test_calibration_refuses_bad_input() -> None:
         calibrate_from_errors(np.ones((3, 3)), 1.0)
     with pytest.raises(ValueError, match="no finite"):
         calibrate_from_errors(np.full((3, 3), np.nan), 0.9)
+
+
+def test_local_error_scale_mixes_series_scale_and_recent_error() -> None:
+    from models.forecast.calibration import local_error_scale
+
+    base = np.array([2.0, 4.0, 3.0])
+    recent = np.array([[1.0, -3.0], [np.nan, np.nan], [0.0, 0.0]])
+    # mean |error| 2.0 -> (2 + 2) / 2; all missing -> the base; zero error -> half the base
+    assert local_error_scale(base, recent) == pytest.approx([2.0, 4.0, 1.5])
+
+
+def test_fleet_policy_is_chosen_on_the_backtest_window() -> None:
+    fleet = {f"s{k}": traffic(days=21, seed=200 + k, phase_hours=k * 13) for k in range(12)}
+    model = AutoForecaster(gbm_params={"max_iter": 30}).fit_many(fleet)
+    assert model.policy_ in {"per_series", "global"}
+    scores = model.policy_scores_
+    assert model.policy_ == min(scores, key=scores.get)
+    assert set(model.choices_) == set(fleet)
+    if model.policy_ == "global":
+        assert set(model.choices_.values()) == {"gbm"}
