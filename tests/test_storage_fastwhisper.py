@@ -69,3 +69,37 @@ def test_header_and_corrupt_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 5)
     with pytest.raises(whisper.CorruptWhisperFile):
         fastwhisper.update_many(str(bad), [(100, 1.0)], now=200)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fetch_returns_what_whisper_fetch_returns(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    archives = rng.choice(ARCHIVES)
+    path = str(tmp_path / "f.wsp")
+    whisper.create(path, archives, 0.5, METHODS[seed % len(METHODS)],
+                   sparse=rng.random() < 0.5)
+    retention = max(s * p for s, p in archives)
+    now = 1_700_000_000 + rng.randrange(10_000)
+    if seed % 5:  # leave some files never written (base interval 0)
+        for _ in range(rng.randint(1, 4)):
+            now += rng.randrange(0, retention // 2)
+            points = [(now - rng.randrange(0, retention), rng.uniform(-9, 9))
+                      for _ in range(rng.randint(1, 120))]
+            whisper.update_many(path, points, now=now)
+    for _ in range(25):
+        query_now = now + rng.randrange(-50, 3 * archives[0][0])
+        start = query_now - rng.randrange(-100, retention + 200)
+        end = start + rng.randrange(0, retention + 100)
+        theirs = whisper.fetch(path, start, end, now=query_now)
+        ours = fastwhisper.fetch(path, start, end, now=query_now)
+        if theirs is None:
+            assert ours is None
+            continue
+        assert ours is not None
+        header, time_info, values = ours
+        assert (time_info, values) == (theirs[0], theirs[1]), (start, end, query_now)
+        info = whisper.info(path)
+        assert header.aggregation_method == info["aggregationMethod"]
+        assert header.x_files_factor == info["xFilesFactor"]
+    with pytest.raises(whisper.InvalidTimeInterval):
+        fastwhisper.fetch(path, 10, 5, now=now)

@@ -210,3 +210,65 @@ def update_many(path: str, points: Sequence[tuple[int, float]], now: int) -> Non
             _archive_update(fd, header, index, batch)
     finally:
         os.close(fd)
+
+
+FetchResult = tuple[Header, tuple[int, int, int], list[float | None]]
+
+
+def fetch(path: str, from_time: int, until_time: int, now: int) -> FetchResult | None:
+    """``whisper.fetch(path, from_time, until_time, now=now)`` with one open and the header.
+
+    Same archive choice and the same values as the whisper package (one ``pread`` for the
+    header, one or two for the span); returns the header too, so callers need no
+    ``whisper.info``. None when the range is wholly in the future or beyond retention.
+    """
+    if from_time > until_time:
+        raise whisper.InvalidTimeInterval(
+            f"Invalid time interval: from time '{from_time}' is after until time "
+            f"'{until_time}'")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = read_header(fd, path)
+        oldest = now - header.max_retention
+        if from_time > now or until_time < oldest:
+            return None
+        from_time = max(from_time, oldest)
+        until_time = min(until_time, now)
+        diff = now - from_time
+        archive = header.archives[-1]
+        for candidate in header.archives:
+            if candidate.retention >= diff:
+                archive = candidate
+                break
+        return header, *_archive_fetch(fd, archive, from_time, until_time)
+    finally:
+        os.close(fd)
+
+
+def _archive_fetch(fd: int, archive: Archive, from_time: int,
+                   until_time: int) -> tuple[tuple[int, int, int], list[float | None]]:
+    step = archive.seconds_per_point
+    from_interval = int(from_time - (from_time % step)) + step
+    until_interval = int(until_time - (until_time % step)) + step
+    if from_interval == until_interval:
+        until_interval += step  # zero-length range: whisper includes the next point
+    count = (until_interval - from_interval) // step
+    base = _read_base(fd, archive)
+    if base == 0:
+        return (from_interval, until_interval, step), [None] * count
+    from_offset = archive.offset + ((from_interval - base) // step * POINT_SIZE) % archive.size
+    until_offset = archive.offset + ((until_interval - base) // step * POINT_SIZE) % archive.size
+    if from_offset < until_offset:
+        span = (until_offset - from_offset) // POINT_SIZE
+    else:  # wraps around the end of the archive (or spans all of it)
+        span = (archive.offset + archive.size - from_offset + until_offset
+                - archive.offset) // POINT_SIZE
+    data = _read_span(fd, archive, from_offset, span)
+    unpacked = struct.unpack(">" + "Ld" * span, data)
+    values: list[float | None] = [None] * span
+    expected = from_interval
+    for i in range(span):
+        if unpacked[2 * i] == expected:
+            values[i] = unpacked[2 * i + 1]
+        expected += step
+    return (from_interval, until_interval, step), values

@@ -16,12 +16,14 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import whisper
 
 from collector.config import CollectorConfig
 from collector.selfmetrics import CollectorMetrics
 from collector.series import FetchedSeries, MetricNode, Point
+from collector.storage import fastwhisper
 from collector.storage.cache import MetricCache
 from collector.storage.globs import compile_segment, has_wildcard, split_pattern
 from collector.storage.nametree import NameTree
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 WAL_DIRNAME = ".wal"  # hidden: graphite-web and find skip dot entries; no metric maps here
 _RETENTION_MEMO_MAX = 200_000
+_NO_FILE: Any = object()  # fetch: the metric has no whisper file (yet)
 
 
 class StoreClosed(RuntimeError):
@@ -325,20 +328,21 @@ class MetricStore:
         if now is None:
             now = int(self._clock())
         cached = self._cache.snapshot(path)  # before the disk read: no gap with the writer
-        if os.path.isfile(file_path):
-            try:
-                info = whisper.info(file_path)
-                data = whisper.fetch(file_path, start, end, now=now)
-            except (OSError, whisper.WhisperException) as exc:
-                log.warning("cannot read whisper file", extra={
-                    "file": file_path, "error": str(exc)})
-                return None
+        try:
+            data = fastwhisper.fetch(file_path, start, end, now)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            data = _NO_FILE
+        except (OSError, whisper.WhisperException) as exc:
+            log.warning("cannot read whisper file", extra={
+                "file": file_path, "error": str(exc)})
+            return None
+        if data is not _NO_FILE:
             if data is None:
                 return None
-            (from_t, until_t, step), values = data
-            method = str(info["aggregationMethod"])
-            xff = float(info["xFilesFactor"])
-            raw_step = int(info["archives"][0]["secondsPerPoint"])
+            header, (from_t, until_t, step), values = data
+            method = header.aggregation_method
+            xff = header.x_files_factor
+            raw_step = header.archives[0].seconds_per_point
         elif cached:
             schema = self.rules.schema_for(path)
             rule = self.rules.aggregation_for(path)

@@ -28,8 +28,9 @@ def scale(ctx: RequestContext, seriesList: SeriesList, factor: float) -> SeriesL
         series.tags["scale"] = factor
         series.name = f"scale({series.name},{float(factor):g})"
         series.path_expression = series.name
-        for i, value in enumerate(series):
-            series[i] = safe_mul(value, factor)
+        # safe_mul(value, factor) for every value, without a call per point.
+        multiplier = float(factor)
+        series[:] = [None if value is None else float(value) * multiplier for value in series]
     return seriesList
 
 
