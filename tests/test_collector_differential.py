@@ -861,10 +861,6 @@ def test_point_outside_retention_creates_no_metric(fresh_pair: Pair) -> None:
     assert json.loads(ours) == json.loads(theirs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ours rejects timestamp -1 as too old; carbon stores the point at its arrival time",
-)
 def test_timestamp_minus_one_means_now(fresh_pair: Pair) -> None:
     """carbon stores a point sent with timestamp -1 at the time it arrives (carbon#54)."""
     sent_at = time.time()

@@ -152,17 +152,19 @@ def test_intake_accepts_good_points_and_counts_each_rejection(tmp_path: Path) ->
         b"a.d x 1700000000", b"a.e nan 1700000000", b"a.e inf 1700000000",
         b"a.f 1 soon", b"a.g 1 1800000000", b"a.h 1 1600000000", b"a..i 1 1700000000",
         b"\xff\xfe 1 1700000000", b"../etc 1 1700000000", b"a.j -3e2 1700000000",
+        b"a.now 4 -1", b"a.now 5 -1.0",
     ]
     intake.plaintext_lines(lines, "plaintext_tcp")
     assert sink.points == [("a.b", 1700000000, 1.5), ("a.b", 1699999990, 2.0),
-                           ("a.j", 1700000000, -300.0)]
+                           ("a.j", 1700000000, -300.0), ("a.now", 1700000000, 4.0),
+                           ("a.now", 1700000000, 5.0)]
     for reason in ["field_count", "missing_timestamp", "bad_value", "bad_timestamp",
                    "future_timestamp", "too_old", "invalid_utf8"]:
         assert _rejected(registry, reason) == 1, reason
     assert _rejected(registry, "non_finite") == 2
     assert _rejected(registry, "bad_path") == 2
     assert registry.get_sample_value("tidemark_collector_points_accepted_total",
-                                     {"protocol": "plaintext_tcp"}) == 3
+                                     {"protocol": "plaintext_tcp"}) == 5
     assert not list(tmp_path.iterdir())  # validation alone never touches the disk
 
 

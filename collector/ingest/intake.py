@@ -153,6 +153,8 @@ class Intake:
         except (TypeError, ValueError, OverflowError):
             self._reject("bad_timestamp", "timestamp is not a number", sample, peer)
             return None
+        if timestamp == -1:  # "now", as carbon reads it (carbon issue 54)
+            timestamp = int(now)
         if timestamp > now + self._max_future:
             self._reject("future_timestamp", "timestamp is too far in the future", sample, peer)
             return None
