@@ -104,8 +104,8 @@ def test_m4_hourly_subset_beats_naive2(shared_data: Path) -> None:
     path = shared_data / "m4" / "Hourly-train.csv"
     if not path.exists():
         pytest.skip(f"{path} is not present")
-    frame = pd.read_csv(path, nrows=40)
-    series = m4_frame_to_series(frame.iloc[::2])  # 20 series
+    frame = pd.read_csv(path)
+    series = m4_frame_to_series(frame.iloc[::21])  # 20 series spread over the file
     horizon, season = 48, 24
     history = {name: y.iloc[:-horizon] for name, y in series.items()}
     model = AutoForecaster(gbm_params={"max_iter": 100, "calendar": False})
@@ -125,5 +125,6 @@ def test_m4_hourly_subset_beats_naive2(shared_data: Path) -> None:
         m2.append(mase(actual, naive2, insample, season))
         inside.append(coverage(actual, f["lower"], f["upper"]))
     score = owa(np.mean(s), np.mean(m), np.mean(s2), np.mean(m2))
-    assert score < 0.8  # Naive2 is 1.0; seasonal naive about 0.63 on the full set
-    assert 0.8 <= np.mean(inside) <= 1.0
+    assert len(series) == 20
+    assert score < 0.7  # Naive2 is 1.0; seasonal naive 0.63 and this model 0.45 on all 414
+    assert 0.85 <= np.mean(inside) <= 1.0
