@@ -28,6 +28,9 @@ class CollectorConfig:
     cache_high_watermark_points: int = 5_000_000  # stop reading sockets above this
     cache_low_watermark_points: int = 4_000_000  # resume below this
     writer_max_updates_per_second: float = 0.0  # whisper file updates; 0 is unlimited
+    # A metric's points are written once the oldest has waited this long (batching many
+    # points per file update); sooner when the cache passes half the low watermark.
+    writer_min_age_seconds: float = 10.0
     # On stop, how long to write the cache into whisper; the rest stays in the log for replay.
     drain_timeout_seconds: float = 60.0
     # Limits on protocol input

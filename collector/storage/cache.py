@@ -45,10 +45,18 @@ class MetricCache:
         with self.lock:
             return len(self._points) + len(self._inflight)
 
-    def drain_order(self) -> list[str]:
-        """Metrics with cached points, largest backlog first (carbon's MAX strategy)."""
+    def drain_order(self, arrived_before: float | None = None) -> list[str]:
+        """Metrics with cached points, largest backlog first (carbon's MAX strategy).
+
+        With ``arrived_before``, only metrics whose oldest cached point arrived before it.
+        """
         with self.lock:
-            sizes = [(len(v), k) for k, v in self._points.items()]
+            if arrived_before is None:
+                sizes = [(len(v), k) for k, v in self._points.items()]
+            else:
+                first = self._first
+                sizes = [(len(v), k) for k, v in self._points.items()
+                         if first[k][1] < arrived_before]
         sizes.sort(reverse=True)
         return [k for _, k in sizes]
 

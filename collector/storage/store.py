@@ -100,7 +100,9 @@ class MetricStore:
             self._cache, self.tree, self.rules, self._metrics, clock=self._clock,
             max_updates_per_second=self._config.writer_max_updates_per_second,
             after_pass=self._after_pass, on_failure=self._pin,
-            on_first_write=self._unwritten_names.discard)
+            on_first_write=self._unwritten_names.discard,
+            min_age_seconds=self._config.writer_min_age_seconds,
+            pressure_points=self._config.cache_low_watermark_points // 2)
         if self._writer_paused:
             self._writer.pause()
         self._writer.start()

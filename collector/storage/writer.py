@@ -31,6 +31,7 @@ class WhisperWriter:
                  max_updates_per_second: float, after_pass: Callable[[], None],
                  on_failure: Callable[[int], None],
                  on_first_write: Callable[[str], None] | None = None,
+                 min_age_seconds: float = 0.0, pressure_points: int = 0,
                  idle_seconds: float = 0.05,
                  failure_backoff_seconds: float = 1.0) -> None:
         self._cache = cache
@@ -42,6 +43,11 @@ class WhisperWriter:
         self._after_pass = after_pass
         self._on_failure = on_failure
         self._on_first_write = on_first_write  # told once per metric whose file it wrote
+        # A metric is written once its oldest cached point has waited min_age_seconds (so
+        # one update_many carries many points), at once when the cache holds more than
+        # pressure_points, and everything when draining for stop.
+        self._min_age_seconds = min_age_seconds
+        self._pressure_points = pressure_points
         self._idle_seconds = idle_seconds
         self._failure_backoff_seconds = failure_backoff_seconds
         self._wake = threading.Event()
@@ -113,7 +119,10 @@ class WhisperWriter:
                 self._wake.clear()
 
     def _one_pass(self) -> tuple[bool, bool]:
-        names = self._cache.drain_order()
+        batching = (self._min_age_seconds > 0 and not self._draining.is_set()
+                    and self._cache.size < self._pressure_points)
+        names = self._cache.drain_order(
+            self._clock() - self._min_age_seconds if batching else None)
         next_at = time.monotonic()
         succeeded = False
         for name in names:
