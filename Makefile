@@ -55,6 +55,10 @@ bench: venv bench-peers
 	$(PY) benchmarks/agent_sidecar_overhead.py
 	$(PY) benchmarks/agent_registry_reaction.py
 	$(PY) benchmarks/registry_propagation.py
+	$(PY) benchmarks/forecast_m4.py
+	$(PY) benchmarks/forecast_fleet.py
+	$(PY) benchmarks/anomaly_nab.py
+	$(PY) benchmarks/capacity_curve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

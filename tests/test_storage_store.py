@@ -371,3 +371,25 @@ async def test_failed_start_deletes_nothing(tmp_path: Path, conf_dir: Path) -> N
     assert (data / WAL_DIRNAME).read_bytes() == b"in the way"
     with pytest.raises(StoreClosed):
         s.append([("x", 1, 1.0)])
+
+
+@pytest.mark.parametrize("method", ["average", "sum", "max", "min", "last", "avg_zero"])
+@pytest.mark.parametrize("xff", [0.0, 0.5, 1.0])
+def test_cached_points_in_a_coarser_archive_roll_up_as_whisper_will(
+        tmp_path: Path, method: str, xff: float) -> None:
+    """A render must not change when the writer catches up: merge == whisper's rollup."""
+    archives = [(10, 60), (60, 120)]  # 10 min at 10 s, 2 h at 1 min
+    now = 1_700_000_000 // 60 * 60 + 3600
+    # Within the 10 s archive's reach, so whisper propagates them into the 1 min archive.
+    cached = [(now - 540 + 10 * k, float(k % 7 - 2)) for k in range(6) if k != 2]  # 5 of 6
+    cached += [(now - 420 + 10 * k, float(k)) for k in (0, 3)]  # 2 of 6 slots
+    cached += [(now - 300 + 10 * k + 3, 1.5 * k) for k in (5, 1, 0, 4, 2, 3)]  # unordered
+    path = str(tmp_path / "m.wsp")
+    whisper.create(path, archives, xff, method, sparse=True)
+    for point in cached:  # as the writer would, one batch per arrival
+        whisper.update_many(path, [point], now=now)
+    (start, _end, step), expected = whisper.fetch(path, now - 3600, now - 60, now=now)
+    assert step == 60
+    empty: list[float | None] = [None] * len(expected)
+    merged = merge_with_cache(cached, start, step, empty, method, 10, xff, now - 600)
+    assert merged == pytest.approx(expected)

@@ -35,7 +35,7 @@ class LineSplitter:
             self._pending = b""
             self._skipping = True
             skipped += 1
-        if any(len(line) > self._max for line in lines):
+        if lines and max(map(len, lines)) > self._max:
             kept = [line for line in lines if len(line) <= self._max]
             skipped += len(lines) - len(kept)
             lines = kept

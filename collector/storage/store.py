@@ -345,6 +345,7 @@ class MetricStore:
             method = header.aggregation_method
             xff = header.x_files_factor
             raw_step = header.archives[0].seconds_per_point
+            raw_retention = header.archives[0].retention
         elif cached:
             schema = self.rules.schema_for(path)
             rule = self.rules.aggregation_for(path)
@@ -355,10 +356,12 @@ class MetricStore:
             method = rule.aggregation_method or "average"
             xff = rule.x_files_factor if rule.x_files_factor is not None else 0.5
             raw_step = schema.retentions[0].seconds_per_point
+            raw_retention = schema.retentions[0].seconds
         else:
             return None
         if cached:
-            values = merge_with_cache(cached, from_t, step, list(values), method, raw_step)
+            values = merge_with_cache(cached, from_t, step, list(values), method, raw_step,
+                                      xff, now - raw_retention)
         return FetchedSeries(path, from_t, until_t, step, list(values), method, xff)
 
     def find(self, pattern: str) -> list[MetricNode]:

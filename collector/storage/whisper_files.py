@@ -104,7 +104,7 @@ class WhisperTree:
         return len(latest)
 
 
-def consolidate(func: str, values: list[float | None]) -> float | None:
+def consolidate(func: str, values: Sequence[float | None]) -> float | None:
     """graphite-web's consolidation of several cached values into one step."""
     usable = [v for v in values if v is not None]
     if not usable:
@@ -130,19 +130,37 @@ def consolidate(func: str, values: list[float | None]) -> float | None:
 
 def merge_with_cache(cached: Sequence[tuple[int, float]], start: int, step: int,
                      values: list[float | None], func: str | None = None,
-                     raw_step: int | None = None) -> list[float | None]:
-    """Overlay cached points on fetched values, as graphite-web's ``merge_with_cache``."""
-    points: list[tuple[int, float | None]] = list(cached)
+                     raw_step: int | None = None,
+                     x_files_factor: float | None = None,
+                     rolled_up_after: int | None = None) -> list[float | None]:
+    """Overlay cached points on fetched values, as graphite-web's ``merge_with_cache``.
+
+    When the fetched archive is coarser than the raw step, cached points are rolled up the
+    way whisper will roll them up once written (so a render does not change when the
+    writer catches up): a bucket of points newer than ``rolled_up_after`` (which whisper
+    writes to the finest archive and propagates) is filled only when its share of known
+    raw slots reaches ``x_files_factor``, and ``avg_zero`` divides by the slots in the
+    bucket. Older points, which whisper writes straight into a coarser archive, and calls
+    without ``x_files_factor`` are consolidated as graphite-web does.
+    """
+    points: Iterable[tuple[int, float | None]] = cached
     if raw_step is not None and raw_step > 1:
-        last: dict[int, float | None] = {}
-        for ts, value in points:
-            last[ts - ts % raw_step] = value
-        points = list(last.items())
+        # The last value per raw step wins (a dict keeps the last assignment).
+        points = {ts - ts % raw_step: value for ts, value in cached}.items()
     if func and step != raw_step:
-        groups: dict[int, list[float | None]] = {}
-        for ts, value in points:
-            groups.setdefault(ts - ts % step, []).append(value)
-        points = [(ts, consolidate(func, vals)) for ts, vals in groups.items()]
+        slots = max(1, step // raw_step) if raw_step else 1
+        groups: dict[int, list[float]] = {}
+        for ts, value in sorted(points, key=lambda point: point[0]):
+            if value is not None:
+                groups.setdefault(ts - ts % step, []).append(value)
+        rolled: list[tuple[int, float | None]] = []
+        for ts, vals in groups.items():
+            if x_files_factor is None or rolled_up_after is None or ts < rolled_up_after:
+                rolled.append((ts, consolidate(func, vals)))
+            elif len(vals) / slots >= x_files_factor:
+                rolled.append((ts, sum(vals) / slots if func == "avg_zero"
+                               else consolidate(func, vals)))
+        points = rolled
     n = len(values)
     for ts, value in points:
         i = (ts - start) // step
