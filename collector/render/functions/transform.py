@@ -10,7 +10,7 @@ from collector.render.context import RequestContext
 from collector.render.errors import InputParameterError
 from collector.render.functions.common import INF, xff
 from collector.render.functions.registry import Param, T, register
-from collector.render.functions.safe import get_agg_func, safe_abs, safe_mul
+from collector.render.functions.safe import get_agg_func, safe_abs
 from collector.render.series import TimeSeries
 
 __all__: list[str] = []
