@@ -35,12 +35,13 @@ peers:
 bench-peers: peers
 	$(call install_debs,$(BENCH_PEERS))
 
-test: venv peers
+# Lint and type checks first (quick), then the whole suite.
+test: venv peers lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy tidemark collector
+	$(VENV)/bin/mypy tidemark collector registry agent models capacity
 
 run: venv
 	$(VENV)/bin/tidemark collector --data-dir ./data/collector --config ./collector/conf/sample.toml

@@ -3,7 +3,6 @@ graceful SIGTERM, and no loss of accepted points across kill -9."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -73,9 +72,9 @@ def start_collector(root: Path, toml: str = "", *, data_dir: Path | None = None,
         process.start()
         collector = Collector(process, data_dir, ports)
 
-        def healthy() -> bool:
+        def healthy(url: str = collector.url("/healthz")) -> bool:
             try:
-                return http_get(collector.url("/healthz"), timeout_seconds=2)[0] == 200
+                return http_get(url, timeout_seconds=2)[0] == 200
             except OSError:
                 return False
         try:
@@ -150,7 +149,8 @@ def test_bad_input_is_counted_and_the_connection_goes_on(collector: Collector) -
         f"../../escape 1 {now}", f"bad.future 1 {now + 10**6}", f"bad.old 1 {now - 10**8}",
         "x" * 5000, f"bad.ctl\x01 1 {now}", f"bad.ok 2 {now + 10}",
     ]
-    payload = "\n".join(lines).encode() + b"\n\xff\xfe.bad 1 1\n" + f"bad.ok 3 {now + 20}\n".encode()
+    payload = ("\n".join(lines).encode() + b"\n\xff\xfe.bad 1 1\n"
+               + f"bad.ok 3 {now + 20}\n".encode())
     send_tcp(collector.ports["plaintext"], payload)
     marker = collector.data_dir.parent / "pwned"
 
