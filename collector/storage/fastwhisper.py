@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import whisper
 
-__all__ = ["Header", "Archive", "read_header", "update_many"]
+__all__ = ["Header", "Archive", "read_header", "update_many", "fetch", "plan_fetch",
+           "fetch_intervals"]
 
 _META = struct.Struct(whisper.metadataFormat)
 _ARCHIVE = struct.Struct(whisper.archiveInfoFormat)
@@ -229,30 +230,44 @@ def fetch(path: str, from_time: int, until_time: int, now: int) -> FetchResult |
     fd = os.open(path, os.O_RDONLY)
     try:
         header = read_header(fd, path)
-        oldest = now - header.max_retention
-        if from_time > now or until_time < oldest:
+        plan = plan_fetch(header.archives, from_time, until_time, now)
+        if plan is None:
             return None
-        from_time = max(from_time, oldest)
-        until_time = min(until_time, now)
-        diff = now - from_time
-        archive = header.archives[-1]
-        for candidate in header.archives:
-            if candidate.retention >= diff:
-                archive = candidate
-                break
-        return header, *_archive_fetch(fd, archive, from_time, until_time)
+        return header, *_archive_fetch(fd, *plan)
     finally:
         os.close(fd)
+
+
+def plan_fetch(archives: Sequence[Archive], from_time: int, until_time: int,
+               now: int) -> tuple[Archive, int, int] | None:
+    """whisper's ``file_fetch`` choice: the range clamped to the retention and the first
+    archive that covers ``now - from``; None when the range is in the future or too old."""
+    oldest = now - max(archive.retention for archive in archives)
+    if from_time > now or until_time < oldest:
+        return None
+    from_time = max(from_time, oldest)
+    diff = now - from_time
+    archive = archives[-1]
+    for candidate in archives:
+        if candidate.retention >= diff:
+            archive = candidate
+            break
+    return archive, from_time, min(until_time, now)
+
+
+def fetch_intervals(step: int, from_time: int, until_time: int) -> tuple[int, int, int]:
+    """``(from_interval, until_interval, count)`` as whisper's ``__archive_fetch`` sets them."""
+    from_interval = int(from_time - (from_time % step)) + step
+    until_interval = int(until_time - (until_time % step)) + step
+    if from_interval == until_interval:
+        until_interval += step  # zero-length range: whisper includes the next point
+    return from_interval, until_interval, (until_interval - from_interval) // step
 
 
 def _archive_fetch(fd: int, archive: Archive, from_time: int,
                    until_time: int) -> tuple[tuple[int, int, int], list[float | None]]:
     step = archive.seconds_per_point
-    from_interval = int(from_time - (from_time % step)) + step
-    until_interval = int(until_time - (until_time % step)) + step
-    if from_interval == until_interval:
-        until_interval += step  # zero-length range: whisper includes the next point
-    count = (until_interval - from_interval) // step
+    from_interval, until_interval, count = fetch_intervals(step, from_time, until_time)
     base = _read_base(fd, archive)
     if base == 0:
         return (from_interval, until_interval, step), [None] * count

@@ -174,21 +174,11 @@ def empty_fetch(schema: StorageSchema, start: int, end: int,
     """What ``whisper.fetch`` returns for a file of ``schema`` with no points yet."""
     if start > end:
         raise ValueError(f"start {start} is after end {end}")
-    oldest = now - schema.max_retention_seconds
-    if start > now or end < oldest:
+    archives = [fastwhisper.Archive(0, r.seconds_per_point, r.points) for r in schema.retentions]
+    plan = fastwhisper.plan_fetch(archives, start, end, now)
+    if plan is None:
         return None
-    start = max(start, oldest)
-    end = min(end, now)
-    diff = now - start
-    archive = schema.retentions[-1]
-    for candidate in schema.retentions:
-        if candidate.seconds >= diff:
-            archive = candidate
-            break
+    archive, start, end = plan
     step = archive.seconds_per_point
-    from_interval = start - start % step + step
-    until_interval = end - end % step + step
-    if from_interval == until_interval:
-        until_interval += step
-    count = (until_interval - from_interval) // step
+    from_interval, until_interval, count = fastwhisper.fetch_intervals(step, start, end)
     return (from_interval, until_interval, step), [None] * count
