@@ -38,6 +38,9 @@ class CollectorMetrics:
         self.connections_refused = Counter(
             f"{ns}_connections_refused", "Connections closed at once: over max_connections",
             registry=registry)
+        self.reading_pauses = Counter(
+            f"{ns}_reading_pauses", "Times every socket was paused by cache backpressure",
+            registry=registry)
         self.reading_paused = Gauge(
             f"{ns}_reading_paused", "1 while sockets are paused by cache backpressure",
             registry=registry)

@@ -287,3 +287,36 @@ def test_kill9_at_random_moments_loses_no_accepted_point(tmp_path: Path) -> None
             expected = {base + (seq // 50) * 10: float(seq) for seq in range(m, accepted, 50)}
             missing = {t: v for t, v in expected.items() if got.get(t) != v}
             assert not missing, (prefix, m, accepted, sorted(missing.items())[:5])
+
+
+def test_backpressure_pauses_reading_and_loses_nothing(tmp_path: Path) -> None:
+    running = start_collector(
+        tmp_path, "cache_high_watermark_points = 2000\ncache_low_watermark_points = 1000\n",
+        udp=False, pickle_port=False)
+    now = int(time.time()) // 10 * 10 - 6000  # 500 steps of 10 s, all in the past
+    lines = "".join(f"bp.m{i % 40} {i} {now + (i // 40) * 10}\n" for i in range(20_000))
+    send_tcp(running.ports["plaintext"], lines.encode())
+    assert running.metric("tidemark_collector_reading_pauses_total") >= 1
+    assert running.metric("tidemark_collector_points_accepted_total",
+                          {"protocol": "plaintext_tcp"}) == 20_000
+    assert running.process.stop(timeout_seconds=60) == 0
+    for m in range(40):
+        got = wsp_values(running.data_dir, f"bp.m{m}", now - 10, now + 500 * 10 + 10)
+        assert got == {now + (i // 40) * 10: float(i) for i in range(m, 20_000, 40)}
+
+
+def test_idle_and_stalled_clients_do_not_block_others(tmp_path: Path) -> None:
+    running = start_collector(tmp_path, "idle_timeout_seconds = 1\n", udp=False,
+                              pickle_port=False)
+    try:
+        stalled = socket.create_connection(("127.0.0.1", running.ports["plaintext"]))
+        stalled.sendall(b"stall.partial 1")  # half a line, then silence
+        now = int(time.time()) // 10 * 10 - 60
+        send_tcp(running.ports["plaintext"], f"live.ok 5 {now}\n".encode())
+        assert running.metric("tidemark_collector_points_accepted_total",
+                              {"protocol": "plaintext_tcp"}) == 1
+        stalled.settimeout(30)
+        assert stalled.recv(1) == b""  # the server closed the idle connection
+        stalled.close()
+    finally:
+        assert running.process.stop(timeout_seconds=60) == 0

@@ -113,6 +113,7 @@ class IngestServer:
         if not self._paused and self._cache.cache_points >= self.config.cache_high_watermark_points:
             self._paused = True
             self._metrics.reading_paused.set(1)
+            self._metrics.reading_pauses.inc()
             log.warning("cache above high watermark: pausing reads",
                         extra={"cache_points": self._cache.cache_points})
             for protocol in self._streams:
