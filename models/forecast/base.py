@@ -94,7 +94,10 @@ def forecast_frame(
 def _regular_frequency(index: pd.DatetimeIndex) -> pd.DateOffset:
     if index.freq is not None:
         return index.freq
-    inferred = pd.infer_freq(index) if index.size >= 3 else None
+    with warnings.catch_warnings():
+        # pandas 3 warns that infer_freq will return an offset; to_offset takes either.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        inferred = pd.infer_freq(index) if index.size >= 3 else None
     if inferred is not None:
         return pd.tseries.frequencies.to_offset(inferred)
     if index.size < 2:

@@ -27,7 +27,7 @@ def infer_seasons(freq: str | pd.DateOffset | pd.Timedelta) -> tuple[int, ...]:
     except (ValueError, TypeError):
         # Calendar frequencies (months, quarters, years) have no fixed length.
         offset = pd.tseries.frequencies.to_offset(freq)  # type: ignore[arg-type]
-        name = offset.name.upper()
+        name = offset.rule_code.upper()
         if name.startswith(("M", "BM", "SM")):
             return (12,)
         if name.startswith(("Q", "BQ")):
