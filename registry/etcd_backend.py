@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from registry.client import BaseClient
 from registry.commands import MAX_HISTORY, apply_command, flat_to_config
 from registry.errors import Conflict, NotFound, RegistryError, RegistryUnavailable
-from registry.model import Command, Node, Snapshot, check_name
+from registry.model import Command, Node, ServiceConfig, Snapshot, check_name
 
 __all__ = ["EtcdRegistryClient", "parse_etcd_url", "DEFAULT_ROOT"]
 
@@ -62,16 +62,37 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     return endpoints
 
 
+_EMPTY_CONFIG = flat_to_config({}, 0)
+# Decoded configs shared by every client of this process: each of a process's watchers of a
+# service receives the same stored value, so it is parsed once. Records are immutable.
+_CONFIG_MEMO: dict[tuple[bytes, int], ServiceConfig] = {}
+_CONFIG_MEMO_MAX = 1024
+_PRUNE_EVERY = 16  # history keys beyond the last MAX_HISTORY are deleted every 16th command
+
+
+def _decode_config(value: bytes, mod_revision: int) -> ServiceConfig:
+    key = (value, mod_revision)
+    config = _CONFIG_MEMO.get(key)
+    if config is None:
+        if len(_CONFIG_MEMO) >= _CONFIG_MEMO_MAX:
+            _CONFIG_MEMO.clear()
+        config = _CONFIG_MEMO[key] = flat_to_config(json.loads(value)["flat"], mod_revision)
+    return config
+
+
 @dataclass
 class _ServiceState:
     nodes: dict[str, Node] = field(default_factory=dict)
-    flat: dict[str, Any] = field(default_factory=dict)
-    config_revision: int = 0
+    config: ServiceConfig = _EMPTY_CONFIG
+    _sorted_nodes: tuple[Node, ...] | None = None  # nodes by id, until the next node change
+
+    def node_changed(self) -> None:
+        self._sorted_nodes = None
 
     def snapshot(self, service: str, revision: int) -> Snapshot:
-        return Snapshot(service=service,
-                        nodes=tuple(sorted(self.nodes.values(), key=lambda n: n.id)),
-                        config=flat_to_config(self.flat, self.config_revision),
+        if self._sorted_nodes is None:
+            self._sorted_nodes = tuple(sorted(self.nodes.values(), key=lambda n: n.id))
+        return Snapshot(service=service, nodes=self._sorted_nodes, config=self.config,
                         revision=revision)
 
 
@@ -193,9 +214,10 @@ class EtcdRegistryClient(BaseClient):
                 record = json.loads(value)
                 record.pop("ttl_seconds", None)
                 state.nodes[node_id] = Node.from_dict(record)
+            state.node_changed()
         elif rest == "config":
-            state.flat = json.loads(value)["flat"] if value is not None else {}
-            state.config_revision = mod_revision if value is not None else 0
+            state.config = (_decode_config(value, mod_revision) if value is not None
+                            else _EMPTY_CONFIG)
 
     # --- nodes ---------------------------------------------------------------------------
     async def _register_once(self, service: str, node: Node, ttl_seconds: float,
@@ -292,8 +314,11 @@ class EtcdRegistryClient(BaseClient):
                 if before.get(item.id) != item:  # the new command, or one a revert touched
                     ops.append(tx.put(self._command_key(service, item.id),
                                       json.dumps(item.to_dict()).encode()))
+            # Older history keys are pruned every _PRUNE_EVERY commands, not in every
+            # transaction (readers take the last MAX_HISTORY), which keeps a command's
+            # transaction to its two puts most of the time.
             oldest_kept = command.id - MAX_HISTORY + 1
-            if oldest_kept > 1:
+            if oldest_kept > 1 and command.id % _PRUNE_EVERY == 0:
                 ops.append(tx.delete(self._command_key(service, 0),
                                      range_end=self._command_key(service, oldest_kept)))
             # One round trip: every command rewrites config, so comparing its mod revision
