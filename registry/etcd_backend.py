@@ -375,38 +375,48 @@ class EtcdRegistryClient(BaseClient):
         for name in sorted(states):
             emit(states[name].snapshot(name, revision))
         client = await self._etcd()
-        try:
-            watch = await client.watch_prefix(key_prefix.encode(), start_revision=revision + 1)
-        except Exception as exc:  # noqa: BLE001
-            raise await self._failed(client, exc) from exc
         dirty: dict[str, int] = {}
         loop = asyncio.get_running_loop()
+        ended: asyncio.Future[BaseException] = loop.create_future()
 
         def publish() -> None:
             for name, rev in sorted(dirty.items()):
                 emit(states[name].snapshot(name, rev))
             dirty.clear()
 
+        async def on_event(event: Any) -> None:
+            # Called by aetcd's watcher task for each event of a response, without a queue
+            # or a task of ours in between; `publish` is a call_soon callback, so it runs
+            # only after the whole response was applied (a torn snapshot is never emitted).
+            if isinstance(event, BaseException):
+                if not ended.done():
+                    ended.set_result(event)
+                return
+            parsed = self._parse_key(event.kv.key)
+            if parsed is None:
+                return
+            name, rest = parsed
+            value = event.kv.value if event.kind == "PUT" else None
+            self._apply(states.setdefault(name, _ServiceState()), rest, value,
+                        event.kv.mod_revision)
+            if not dirty:
+                loop.call_soon(publish)
+            dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
+
+        prefix_key = key_prefix.encode()
         try:
-            # aetcd queues all events of one watch response before this task runs again,
-            # and this loop reads a non-empty queue without suspending; `publish` is a
-            # call_soon callback, so it runs only after the whole response was applied.
-            async for event in watch:
-                parsed = self._parse_key(event.kv.key)
-                if parsed is None:
-                    continue
-                name, rest = parsed
-                value = event.kv.value if event.kind == "PUT" else None
-                self._apply(states.setdefault(name, _ServiceState()), rest, value,
-                            event.kv.mod_revision)
-                if not dirty:
-                    loop.call_soon(publish)
-                dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
+            # aetcd's watch() wraps this same call in a queue and a generator; registering
+            # the callback directly saves a task hop per watcher per change.
+            handle = await client._watcher.add_callback(  # noqa: SLF001
+                prefix_key, on_event, range_end=aetcd.utils.prefix_range_end(prefix_key),
+                start_revision=revision + 1)
         except Exception as exc:  # noqa: BLE001
             raise await self._failed(client, exc) from exc
+        try:
+            error = await ended
         finally:
             try:
-                await asyncio.wait_for(watch.cancel(), 1.0)
+                await asyncio.wait_for(client._watcher.cancel(handle.watch_id), 1.0)  # noqa: SLF001
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        raise await self._failed(client, RegistryUnavailable("etcd watch ended"))
+        raise await self._failed(client, error)
