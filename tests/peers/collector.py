@@ -13,20 +13,18 @@ import functools
 import importlib.util
 import socket
 import sys
-import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.peers.graphite import DEFAULT_AGGREGATION, DEFAULT_SCHEMAS
 from tests.peers.process import (
+    HttpPeer,
     PeerFailed,
     PeerProcess,
     PeerUnavailable,
     free_port,
     http_get,
-    http_post_form,
-    process_tree_cpu_seconds,
 )
 
 __all__ = ["TidemarkCollector", "collector_available", "tidemark_collector"]
@@ -43,7 +41,7 @@ def collector_available() -> bool:
 
 
 @dataclass(frozen=True)
-class TidemarkCollector:
+class TidemarkCollector(HttpPeer):
     """A running tidemark collector."""
 
     process: PeerProcess
@@ -53,30 +51,7 @@ class TidemarkCollector:
     pickle_port: int
     udp_port: int  # plaintext (and statsd-style) over UDP
 
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:PORT"""
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def get(self, path: str, params: Mapping[str, object] | list[tuple[str, str]]) -> bytes:
-        """GET path?params; raises PeerFailed on a non-200 answer."""
-        query = urllib.parse.urlencode(params, doseq=True)
-        status, body = http_get(f"{self.base_url}{path}?{query}")
-        if status != 200:
-            raise PeerFailed(f"tidemark {path}?{query} answered {status}: {body[:300]!r}")
-        return body
-
-    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
-        """POST path?query with a form body; raises PeerFailed on a non-200 answer."""
-        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
-        status, body = http_post_form(url, form)
-        if status != 200:
-            raise PeerFailed(f"tidemark POST {url} {form} answered {status}: {body[:300]!r}")
-        return body
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds used so far by the collector process tree."""
-        return process_tree_cpu_seconds(self.process.pid)
+    peer_name = "tidemark"
 
 
 @contextlib.contextmanager

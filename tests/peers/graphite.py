@@ -15,19 +15,18 @@ import contextlib
 import functools
 import os
 import socket
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.peers.process import (
+    HttpPeer,
     PeerFailed,
     PeerProcess,
     PeerUnavailable,
     find_binary,
     free_port,
     http_get,
-    http_post_form,
     process_tree_cpu_seconds,
     tcp_open,
 )
@@ -78,36 +77,13 @@ class CarbonCache:
 
 
 @dataclass(frozen=True)
-class GraphiteWeb:
+class GraphiteWeb(HttpPeer):
     """A running graphite-web under gunicorn."""
 
     process: PeerProcess
     http_port: int
 
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:PORT"""
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def get(self, path: str, params: Mapping[str, object] | list[tuple[str, str]]) -> bytes:
-        """GET path?params; raises PeerFailed on a non-200 answer."""
-        query = urllib.parse.urlencode(params, doseq=True)
-        status, body = http_get(f"{self.base_url}{path}?{query}")
-        if status != 200:
-            raise PeerFailed(f"graphite-web {path}?{query} answered {status}: {body[:300]!r}")
-        return body
-
-    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
-        """POST path?query with a form body; raises PeerFailed on a non-200 answer."""
-        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
-        status, body = http_post_form(url, form)
-        if status != 200:
-            raise PeerFailed(f"graphite-web POST {url} {form} answered {status}: {body[:300]!r}")
-        return body
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds used so far by gunicorn and its workers."""
-        return process_tree_cpu_seconds(self.process.pid)
+    peer_name = "graphite-web"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ __all__ = [
     "http_post_form",
     "tcp_open",
     "process_tree_cpu_seconds",
+    "HttpPeer",
 ]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -246,3 +247,38 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class HttpPeer:
+    """GET/POST helpers for a peer with an HTTP port; subclasses set ``peer_name`` and have
+    ``http_port`` and ``process`` attributes."""
+
+    peer_name = "peer"
+    http_port: int
+    process: PeerProcess
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, params: Mapping[str, object] | list[tuple[str, str]]) -> bytes:
+        """GET path?params; raises PeerFailed on a non-200 answer."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        status, body = http_get(f"{self.base_url}{path}?{query}")
+        if status != 200:
+            raise PeerFailed(f"{self.peer_name} {path}?{query} answered {status}: {body[:300]!r}")
+        return body
+
+    def post(self, path: str, query: list[tuple[str, str]], form: list[tuple[str, str]]) -> bytes:
+        """POST path?query with a form body; raises PeerFailed on a non-200 answer."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(query)}"
+        status, body = http_post_form(url, form)
+        if status != 200:
+            raise PeerFailed(f"{self.peer_name} POST {url} {form} answered {status}: "
+                             f"{body[:300]!r}")
+        return body
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the peer's process tree."""
+        return process_tree_cpu_seconds(self.process.pid)
