@@ -188,20 +188,11 @@ class _Parser:
         return self.expression(depth)
 
     def path_element(self) -> str:
-        out: list[str] = []
-        text = self.text
-        while self.pos < len(text):
-            ch = text[self.pos]
-            if ch == "\\" and self.pos + 1 < len(text) and text[self.pos + 1] in _ESCAPABLE:
-                out.append(text[self.pos + 1])
-                self.pos += 2
-            elif ch in _PATH_CHARS:
-                out.append(ch)
-                self.pos += 1
-            elif ch == "{":
-                out.append(self.match_enum())
-            else:
-                break
+        """Runs of path characters (see :meth:`partial`) and ``{a,b}`` enumerations."""
+        out = [self.partial()]
+        while self.pos < len(self.text) and self.text[self.pos] == "{":
+            out.append(self.match_enum())
+            out.append(self.partial())
         return "".join(out)
 
     def match_enum(self) -> str:
