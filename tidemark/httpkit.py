@@ -1,4 +1,4 @@
-"""Pieces every tidemark HTTP daemon shares: /healthz, /metrics, JSON errors."""
+"""What every tidemark HTTP daemon shares: /healthz and /metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["add_health_and_metrics", "bad_request"]
+__all__ = ["add_health_and_metrics"]
 
 
 def add_health_and_metrics(
@@ -27,16 +27,3 @@ def add_health_and_metrics(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-
-
-def bad_request(message: str) -> web.HTTPBadRequest:
-    """A 400 whose JSON body names what was wrong."""
-    return web.HTTPBadRequest(
-        text=f'{{"error": {_json_string(message)}}}', content_type="application/json"
-    )
-
-
-def _json_string(text: str) -> str:
-    import json
-
-    return json.dumps(text)
