@@ -104,11 +104,6 @@ class MetricCache:
                 out.extend(waiting)
             return out
 
-    def names(self) -> list[str]:
-        """Every metric with cached points."""
-        with self.lock:
-            return list(self._points) + [k for k in self._inflight if k not in self._points]
-
     def oldest(self) -> tuple[int | None, float | None]:
         """(lowest epoch, earliest arrival time) over every cached point, None if empty."""
         with self.lock:
