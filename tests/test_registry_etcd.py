@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,17 @@ async def test_lost_lease_is_replaced_by_the_next_heartbeat(tmp_path: Path) -> N
         async with client.watch(service) as watch:
             await next_matching(watch, lambda s: len(s.nodes) == 1)
             # Someone revokes the lease behind the owner's back: the node vanishes ...
-            await raw.revoke_lease(registration._handle)
+            lost = registration._handle
+            await raw.revoke_lease(lost)
             await next_matching(watch, lambda s: s.nodes == ())
             # ... and the owner's next heartbeat finds the lease gone and registers again.
             back = await next_matching(watch, lambda s: len(s.nodes) == 1)
             assert back.nodes[0].address == "10.0.0.9:80"
+        # The watch can see the new node before the heartbeat task stores its new lease.
+        deadline = asyncio.get_running_loop().time() + 10
+        while registration._handle == lost and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert registration._handle != lost
         await raw.revoke_lease(registration._handle)
         node = await registration.update(status="draining")
         assert [n.status for n in (await client.snapshot(service)).nodes] == [node.status]
