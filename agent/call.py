@@ -8,7 +8,6 @@ Errors a filter may raise on purpose::
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,7 +69,8 @@ class Call:
 
     def for_node(self, node: Endpoint) -> Call:
         """A copy for one attempt at ``node``."""
-        attempt = copy.copy(self)
+        attempt = Call.__new__(Call)
+        attempt.__dict__.update(self.__dict__)  # a shallow copy, several times cheaper
         attempt.node = node
         attempt.error = None
         return attempt

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         service = AgentService(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return run_service(lambda: service)
+    return run_service(lambda: service, event_loop=config.event_loop)
 
 
 def _read_token(path: Path) -> str:

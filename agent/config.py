@@ -56,6 +56,7 @@ class AgentConfig:
     max_header_bytes: int = 8190
     max_services: int = 256
     max_connections: int = 1000
+    idle_timeout_seconds: float = 60.0  # inbound connections idle (or stalled) this long close
     # registry
     heartbeat_ttl_seconds: float = 10.0
     first_snapshot_wait_seconds: float = 2.0
@@ -65,6 +66,7 @@ class AgentConfig:
     degraded_content_type: str = "application/json"
     caller: str | None = None  # client side: the caller name in metrics (default: service)
     shutdown_timeout_seconds: float = 5.0
+    event_loop: str = "uvloop"  # or "asyncio"
 
     def __post_init__(self) -> None:
         for name in ("service", "registry", "graphite"):
@@ -79,6 +81,8 @@ class AgentConfig:
         if self.load_balancer not in BALANCERS:
             raise ValueError(f"load_balancer: {self.load_balancer!r} is not one of "
                              f"{', '.join(BALANCERS)}")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError("event_loop: must be uvloop or asyncio")
         if self.graphite_protocol not in ("tcp", "udp"):
             raise ValueError("graphite_protocol: must be tcp or udp")
         if self.interval_seconds < 1:
@@ -87,7 +91,8 @@ class AgentConfig:
             raise ValueError("backup_budget_ratio: must be within 0..1")
         if self.max_attempts < 1 or self.max_active < 1:
             raise ValueError("max_attempts and max_active must be >= 1")
-        if self.request_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+        if (self.request_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0
+                or self.idle_timeout_seconds <= 0):
             raise ValueError("timeouts must be positive")
         if not 200 <= self.degraded_status <= 599:
             raise ValueError("degraded_status: must be an HTTP status 200-599")

@@ -10,6 +10,7 @@ named ``package.module:ClassName``; its constructor takes the :class:`FilterCont
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import time
@@ -443,14 +444,12 @@ def build_chain(names: Sequence[str], ctx: FilterContext) -> list[Filter]:
 
 
 def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
-    """A callable running ``filters`` in order around ``terminal``."""
+    """A callable running ``filters`` in order around ``terminal``.
+
+    Each link is a ``partial`` of the filter's ``handle``: calling it starts the filter's
+    own coroutine, with no wrapper coroutine per link (the chain runs on every call).
+    """
     handler = terminal
     for f in reversed(filters):
-        handler = _bind(f, handler)
+        handler = functools.partial(f.handle, next_=handler)
     return handler
-
-
-def _bind(f: Filter, next_: Next) -> Next:
-    async def run(call: Call) -> Reply:
-        return await f.handle(call, next_)
-    return run

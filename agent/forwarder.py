@@ -1,8 +1,19 @@
-"""The end of the chain: send a call to its node over HTTP and read the whole answer."""
+"""The end of the chain: send a call to its node over HTTP/1.1 and read the whole answer.
+
+Connections to nodes are kept alive and reused (at most ``max_connections`` open in all;
+a call waits for one when all are busy). Responses are parsed by llhttp through httptools.
+A connection is never shared by two calls at once, and is dropped after a timeout, an
+error, a ``Connection: close`` or a HEAD (httptools cannot be told to expect no body).
+"""
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
+import time
+from collections import deque
+from typing import cast
+
+import httptools
 from multidict import CIMultiDict
 
 from agent.call import Call, Reply, UpstreamError
@@ -11,12 +22,145 @@ __all__ = ["Forwarder", "HOP_BY_HOP"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
+
+_IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
+
+
+class _Failed(Exception):
+    """The connection failed; ``answered`` says whether any response byte arrived."""
+
+    def __init__(self, message: str, *, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a node, used by one call at a time."""
+
+    def __init__(self, pool: Forwarder, address: str) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.reusable = True
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._head = False
+        self._answered = False
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._limit = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.open = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.reusable = False
+        self.pool._forget(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self._answered and self._parser.get_status_code() and self._close_delimited():
+                self._finish()  # a body that ends with the connection
+            else:
+                reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed"
+                waiter.set_exception(_Failed(reason, answered=self._answered))
+
+    def data_received(self, data: bytes) -> None:
+        self._answered = True
+        if self._waiter is None:  # a node talking out of turn: do not reuse
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(str(exc.__context__ or exc))
+        except httptools.HttpParserError as exc:
+            self._fail(f"malformed response: {exc}")
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        if self._head:  # no body follows, whatever the headers say
+            self.reusable = False
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self._limit:
+            raise _Failed(f"answered more than max_response_bytes={self._limit}",
+                          answered=True)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._finish()
+
+    # -- a call ------------------------------------------------------------------------
+    def send(self, request: bytes, *, head: bool, limit: int) -> asyncio.Future[Reply]:
+        """Write ``request``; the future is the reply (or a :class:`_Failed`)."""
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._head = head
+        self._answered = False
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._limit = limit
+        self.transport.write(request)
+        return self._waiter
+
+    def _close_delimited(self) -> bool:
+        names = {name.lower() for name, _ in self._headers}
+        return "content-length" not in names and "transfer-encoding" not in names
+
+    def _finish(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        status = self._parser.get_status_code()
+        if status < 200:  # 1xx: an interim answer; the real one follows
+            self._headers = []
+            return
+        headers = CIMultiDict([(k, v) for k, v in self._headers
+                               if k.lower() not in HOP_BY_HOP])
+        waiter.set_result(Reply(status, headers, b"".join(self._body)))
+
+    def _fail(self, message: str) -> None:
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_Failed(message, answered=True))
+        self.close()
+
+    def done(self) -> None:
+        """The call is over: back to the pool or closed."""
+        self._waiter = None
+        self._headers = []
+        self._body = []
+        if self.reusable and self.open:
+            self.idle_since = time.monotonic()
+            self.pool._release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Forwarder:
-    """Forwards calls with one shared connection pool; ``start``/``stop`` own the pool."""
+    """Forwards calls over a pool of keep-alive connections; ``start``/``stop`` own it."""
 
     def __init__(self, *, timeout_seconds: float, connect_timeout_seconds: float,
                  max_response_bytes: int, max_connections: int) -> None:
@@ -24,60 +168,148 @@ class Forwarder:
         self._connect_timeout = connect_timeout_seconds
         self._max_response = max_response_bytes
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._client_timeout = aiohttp.ClientTimeout(total=timeout_seconds,
-                                                     sock_connect=connect_timeout_seconds)
+        self._idle: dict[str, deque[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._started = False
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
-                                         ttl_dns_cache=60, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
+        self._started = True
 
     async def stop(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        self._started = False
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
 
     async def __call__(self, call: Call) -> Reply:
         """Send ``call`` to ``call.node``; raises :class:`UpstreamError` when no answer."""
-        if self._session is None:
+        if not self._started:
             raise RuntimeError("forwarder not started")
-        assert call.node is not None, "the failover filter picks the node"
-        url = f"http://{call.node.address}{call.path_qs}"
-        timeout = self._client_timeout
-        try:  # call.headers has no hop-by-hop headers (the service builds it so)
-            async with self._session.request(call.method, url, headers=call.headers,
-                                             data=call.body or None, allow_redirects=False,
-                                             timeout=timeout) as resp:
-                body = await self._read_body(resp, call)
-                out_headers = CIMultiDict((k, v) for k, v in resp.headers.items()
-                                          if k.lower() not in HOP_BY_HOP)
-                return Reply(resp.status, out_headers, body)
-        except UpstreamError:
-            raise
-        except TimeoutError:
-            raise UpstreamError("timeout", f"node {call.node.id} did not answer within "
-                                f"{self._timeout:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("connection", f"cannot connect to node {call.node.id}: "
-                                f"{exc.os_error or exc}", sent=False) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError("connection", f"node {call.node.id} failed: "
-                                f"{type(exc).__name__}: {exc}") from None
+        node = call.node
+        assert node is not None, "the failover filter picks the node"
+        request = self._render(call, node.address)
+        head = call.method == "HEAD"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        for retry in (True, False):
+            conn, reused = await self._connection(node.address, node.id, deadline)
+            future = conn.send(request, head=head, limit=self._max_response)
+            timer = loop.call_later(max(0.0, deadline - loop.time()), _expire, future)
+            try:
+                return await future
+            except _Failed as exc:
+                # A kept-alive connection the node closed as we wrote: no byte came back,
+                # so the node never saw the call; try once on a fresh connection.
+                if retry and reused and not exc.answered:
+                    continue
+                raise UpstreamError("connection", f"node {node.id} failed: {exc}") from None
+            except TimeoutError:
+                conn.reusable = False
+                raise UpstreamError("timeout", f"node {node.id} did not answer within "
+                                    f"{self._timeout:g} s") from None
+            except asyncio.CancelledError:
+                conn.reusable = False  # an answer may still come: never hand it to another
+                raise
+            finally:
+                timer.cancel()
+                conn.done()
+        raise AssertionError("unreachable")
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, call: Call) -> bytes:
-        """The whole body, refusing more than ``max_response_bytes``."""
-        limit = self._max_response
-        if resp.content_length is not None and resp.content_length <= limit:
-            return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                assert call.node is not None
-                raise UpstreamError("5xx", f"node {call.node.id} answered more than "
-                                    f"max_response_bytes={limit}")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    @staticmethod
+    def _render(call: Call, address: str) -> bytes:
+        lines = [f"{call.method} {call.path_qs} HTTP/1.1\r\nHost: {address}\r\n"]
+        for name, value in call.headers.items():  # no hop-by-hop ones (the service saw to it)
+            lines.append(f"{name}: {value}\r\n")
+        body = call.body
+        if body or call.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1", "replace") + body
+
+    # -- the pool ----------------------------------------------------------------------
+    async def _connection(self, address: str, node_id: str,
+                          deadline: float) -> tuple[_Connection, bool]:
+        idle = self._idle.get(address)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()  # the most recently used is the least likely to be closed
+            if conn.open and now - conn.idle_since < _IDLE_SECONDS:
+                return conn, True
+            conn.close()
+        while len(self._open) >= self._max_connections:
+            if not self._close_one_idle():
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    await asyncio.wait_for(waiter, max(0.0, deadline - asyncio.get_running_loop()
+                                                       .time()))
+                except TimeoutError:
+                    raise UpstreamError("timeout", f"no free connection to node {node_id} "
+                                        f"(max_connections={self._max_connections})",
+                                        sent=False) from None
+                idle = self._idle.get(address)
+                if idle:
+                    return idle.pop(), True
+        return await self._connect(address, node_id), False
+
+    async def _connect(self, address: str, node_id: str) -> _Connection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        conn = _Connection(self, address)
+        self._open.add(conn)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, host.strip("[]"), int(port)),
+                self._connect_timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._open.discard(conn)
+            self._wake()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise UpstreamError("connection", f"cannot connect to node {node_id}: {reason}",
+                                sent=False) from None
+        except BaseException:
+            self._open.discard(conn)
+            conn.close()
+            self._wake()
+            raise
+        return conn
+
+    def _close_one_idle(self) -> bool:
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.popleft()
+                self._open.discard(conn)
+                conn.close()
+                return True
+        return False
+
+    def _release(self, conn: _Connection) -> None:
+        self._idle.setdefault(conn.address, deque()).append(conn)
+        self._wake()
+
+    def _forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())

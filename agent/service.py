@@ -11,29 +11,30 @@ own; every other path is proxied.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import json
 import logging
 import re
 import time
 import urllib.parse
 from typing import Any
 
-from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.balancer import Endpoint
 from agent.call import Call, Reply, error_reply
 from agent.config import AgentConfig
-from agent.directory import ServiceDirectory, TooManyServices
+from agent.directory import ServiceDirectory, ServiceView, TooManyServices
 from agent.filters import AgentMetrics, DegradeState, FilterContext, build_chain, run_chain
 from agent.forwarder import HOP_BY_HOP, Forwarder
+from agent.http_server import HttpServer, InboundRequest
 from agent.naming import MetricNaming
 from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
 from registry.client import BaseClient, Registration, open_registry
 from registry.model import NAME_PATTERN, Node
-from tidemark.httpkit import add_health_and_metrics
 
 __all__ = ["AgentService", "RESERVED_PATHS"]
 
@@ -57,7 +58,7 @@ class AgentService:
         self.port: int | None = None
         self._ready = False
         self._stopped = False
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._registration: Registration | None = None
         self._register_task: asyncio.Task[None] | None = None
         upstream_host_port = None
@@ -83,6 +84,8 @@ class AgentService:
             (Endpoint(self._node_id(), upstream_host_port, config.idc, 1.0),)
             if upstream_host_port else ())
         self.directory: ServiceDirectory | None = None
+        # per service: the view the degrade state was computed from, and the state
+        self._degrade_cache: dict[str, tuple[ServiceView, DegradeState]] = {}
         self._filter_ctx = FilterContext(
             config=config, recorder=self.recorder, metrics=self.agent_metrics,
             endpoints_for=self._endpoints_for, degrade_state=self._degrade_state,
@@ -106,21 +109,14 @@ class AgentService:
             first_snapshot_wait_seconds=config.first_snapshot_wait_seconds)
         self.reporter.start()
         await self.forwarder.start()
-        app = web.Application(
-            client_max_size=config.max_body_bytes,
-            handler_args={"max_line_size": config.max_header_bytes,
-                          "max_field_size": config.max_header_bytes})
-        add_health_and_metrics(app, self.metrics, lambda: self._ready)
-        app.router.add_get("/runtime", self._runtime)
-        app.router.add_route("*", "/{tail:.*}", self._proxy)
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=config.shutdown_timeout_seconds)
-        await self._runner.setup()
+        self._server = HttpServer(
+            self._handle, max_header_bytes=config.max_header_bytes,
+            max_body_bytes=config.max_body_bytes,
+            idle_timeout_seconds=config.idle_timeout_seconds,
+            on_rejected=lambda reason: self.agent_metrics.bad_requests.labels(reason).inc())
         host, port = config.listen_host_port
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else port
+        await self._server.start(host, port)
+        self.port = self._server.port
         if config.is_server_side:
             self.directory.watch(config.service)
             # Registration retries in the background: a registry that is down must not
@@ -156,9 +152,9 @@ class AgentService:
             await asyncio.gather(task, return_exceptions=True)
         if self._registration is not None:
             await self._registration.stop()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(self.config.shutdown_timeout_seconds)
         if self.directory is not None:
             await self.directory.stop()
         if self._client is not None and self._own_client:
@@ -183,6 +179,17 @@ class AgentService:
         view = self.directory.current(service) if self.directory else None
         if view is None:
             return None
+        cached = self._degrade_cache.get(service)
+        if cached is not None and cached[0] is view:
+            return cached[1]
+        state = self._degrade_state_of(view)
+        if len(self._degrade_cache) > 4 * self.config.max_services:
+            self._degrade_cache.clear()
+        self._degrade_cache[service] = (view, state)
+        return state
+
+    def _degrade_state_of(self, view: ServiceView) -> DegradeState:
+        """What the switcher filter obeys for one registry snapshot of a service."""
         config = view.snapshot.config
         switches = tuple(sorted(config.switches.items()))
         switched = any(config.switches.get(name) for name in _DEGRADE_SWITCHES)
@@ -197,7 +204,7 @@ class AgentService:
 
     # -- handlers ------------------------------------------------------------------------
 
-    def _route(self, request: web.Request) -> tuple[str, str]:
+    def _route(self, request: InboundRequest) -> tuple[str, str]:
         """(service, path and query to send on) of an inbound request."""
         raw = request.raw_path
         if not raw.startswith("/"):
@@ -218,41 +225,48 @@ class AgentService:
         rest = "/" + (parts[2] if len(parts) > 2 else "")
         return service, rest + (sep + query if sep else "")
 
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: InboundRequest) -> Reply:
+        """The agent's own endpoints, else proxy the call."""
+        path = request.raw_path.partition("?")[0]
+        if path in RESERVED_PATHS and request.method in ("GET", "HEAD"):
+            if path == "/healthz":
+                return _json_reply({"status": "ok"} if self._ready else {"status": "starting"},
+                                   200 if self._ready else 503)
+            if path == "/metrics":
+                return Reply(200, {"Content-Type": CONTENT_TYPE_LATEST},
+                             generate_latest(self.metrics))
+            return _json_reply(await self._runtime())
+        return await self._proxy(request)
+
+    async def _proxy(self, request: InboundRequest) -> Reply:
         try:
             service, path_qs = self._route(request)
         except ValueError as exc:
             self.agent_metrics.bad_requests.labels("route").inc()
-            return _response(error_reply(400, str(exc)))
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self.agent_metrics.bad_requests.labels("body_too_large").inc()
-            return _response(error_reply(
-                413, f"request body larger than max_body_bytes={self.config.max_body_bytes}"))
-        caller = request.headers.get(_CALLER_HEADER) or self.config.caller or self.config.service
+            return error_reply(400, str(exc))
+        headers = request.headers
+        caller = headers.get(_CALLER_HEADER) or self.config.caller or self.config.service
         if not NAME_PATTERN.fullmatch(caller):
             self.agent_metrics.bad_requests.labels("caller").inc()
-            return _response(error_reply(400, f"bad {_CALLER_HEADER} header"))
+            return error_reply(400, f"bad {_CALLER_HEADER} header")
         if not self.config.is_server_side and self.directory is not None:
             try:
                 await self.directory.view(service)
             except TooManyServices as exc:
                 self.agent_metrics.bad_requests.labels("too_many_services").inc()
-                return _response(error_reply(503, str(exc)))
-        headers = CIMultiDict([(k, v) for k, v in request.headers.items()
-                               if k.lower() not in _DROP_HEADERS])
+                return error_reply(503, str(exc))
+        for name in [k for k in headers if k.lower() in _DROP_HEADERS]:
+            headers.popall(name, None)
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
-                    body=body, caller=caller)
+                    body=request.body, caller=caller)
         try:
-            reply = await self._chain(call)
+            return await self._chain(call)
         except Exception:  # a filter bug must cost one call, never the agent
             self.agent_metrics.internal_errors.inc()
             log.exception("call failed inside the agent", extra={"service": service})
-            return _response(error_reply(500, "internal error in the agent"))
-        return _response(reply)
+            return error_reply(500, "internal error in the agent")
 
-    async def _runtime(self, request: web.Request) -> web.Response:
+    async def _runtime(self) -> dict[str, Any]:
         directory = self.directory
         services: dict[str, Any] = {}
         names = directory.services() if directory else []
@@ -293,8 +307,9 @@ class AgentService:
             "reporter": {"buffered_points": self.reporter.buffered_points,
                          "sent_points": self.reporter.sent_points,
                          "dropped_points": self.reporter.dropped_points},
+            "upstream_connections": self.forwarder.open_connections,
         }
-        return web.json_response(body)
+        return body
 
     def _breaker_state(self, service: str, node_id: str) -> str | None:
         breaker = self._filter_ctx.breakers.get((service, node_id))
@@ -319,6 +334,7 @@ class AgentService:
         return dict(zip(names, results, strict=True))
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -327,5 +343,6 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _response(reply: Reply) -> web.Response:
-    return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
+def _json_reply(body: Any, status: int = 200) -> Reply:
+    return Reply(status, {"Content-Type": "application/json; charset=utf-8"},
+                 json.dumps(body).encode())

@@ -39,7 +39,19 @@ async def _serve(factory: Callable[[], Service]) -> None:
     log.info("stopped")
 
 
-def run_service(factory: Callable[[], Service]) -> int:
-    """Start the service, wait for SIGTERM or SIGINT, stop it in order; returns 0."""
-    asyncio.run(_serve(factory))
+def run_service(factory: Callable[[], Service], *, event_loop: str = "asyncio") -> int:
+    """Start the service, wait for SIGTERM or SIGINT, stop it in order; returns 0.
+
+    ``event_loop="uvloop"`` runs it on uvloop (libuv), which roughly halves the cost of
+    each socket operation; the agent's data path uses it.
+    """
+    loop_factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    elif event_loop != "asyncio":
+        raise ValueError(f"event_loop: {event_loop!r} is neither asyncio nor uvloop")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(factory))
     return 0

@@ -1,0 +1,324 @@
+"""The sidecar's inbound HTTP/1.1 server: asyncio protocols and a C parser (httptools).
+
+Every call through the mesh crosses two of these servers, so the data path avoids a web
+framework: bytes are parsed by llhttp (through httptools), a complete request is handed to
+one ``handler(request) -> Reply`` coroutine, and the reply is written back as one buffer
+with a ``Content-Length``. Requests on one connection are answered in order (pipelining
+works); keep-alive follows HTTP/1.1 rules.
+
+Limits and errors (the caller always gets an answer naming the problem, and the reason
+is passed to ``on_rejected``): a malformed request is 400, headers larger than
+``max_header_bytes`` 431, a body larger than ``max_body_bytes`` 413 (checked against
+``Content-Length`` before the body is read), an upgrade or CONNECT 501; then the
+connection is closed. Connections idle (or stalled in the middle of a request) for longer
+than ``idle_timeout_seconds`` are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict
+
+from agent.call import Reply, error_reply
+
+__all__ = ["InboundRequest", "HttpServer", "render_reply"]
+
+log = logging.getLogger("tidemark.agent.http")
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+@dataclass(slots=True)
+class InboundRequest:
+    """A complete request as received: target as sent (``raw_path``), headers, body."""
+
+    method: str
+    raw_path: str
+    headers: CIMultiDict[str]
+    body: bytes
+    peer: str
+
+
+Handler = Callable[[InboundRequest], Awaitable[Reply]]
+
+
+def render_reply(reply: Reply, *, keep_alive: bool, head: bool = False) -> bytes:
+    """The bytes of ``reply`` on the wire: status line, headers, Content-Length, body."""
+    status = reply.status
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+    for name, value in reply.headers.items():
+        lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    body = reply.body
+    if status >= 200 and status not in (204, 304):
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+    else:
+        body = b""
+    lines.append(b"\r\n")
+    if body and not head:
+        lines.append(body)
+    return b"".join(lines)
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, queue complete requests, answer them in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer = ""
+        self._queue: deque[tuple[InboundRequest, bool]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._paused = False
+        self._write_paused = False
+        self._final: bytes | None = None  # a rejection to send after the answers in flight
+        self.last_active = time.monotonic()
+        # the request being parsed
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._closing = True
+        self._transport = None
+        self._queue.clear()
+        if self._worker is not None:
+            self._worker.cancel()  # nobody is left to answer
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._final is not None:
+            return
+        self.last_active = time.monotonic()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, _Rejected):
+                raise
+            self._reject(cause.status, cause.reason, str(cause))
+        except httptools.HttpParserUpgrade:
+            self._reject(501, "upgrade", "upgrades and CONNECT are not supported")
+        except httptools.HttpParserError as exc:
+            self._reject(400, "malformed", f"malformed request: {exc}")
+
+    def pause_writing(self) -> None:  # the caller reads slowly: stop taking requests
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while answers flow: not while the caller does not read its answers, nor
+        while it has pipelined more than 16 requests ahead."""
+        pause = self._write_paused or len(self._queue) > 16
+        if pause != self._paused and self._transport is not None and not self._closing:
+            self._paused = pause
+            if pause:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self._server.max_header_bytes:
+            raise _Rejected(431, "headers_too_large", "request line and headers larger than "
+                            f"max_header_bytes={self._server.max_header_bytes}")
+
+    def on_headers_complete(self) -> None:
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == "content-length" and value.isdigit() \
+                    and int(value) > self._server.max_body_bytes:
+                raise self._too_large()
+            if lower == "expect" and value.lower() == "100-continue" \
+                    and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._server.max_body_bytes:
+            raise self._too_large()
+        self._body.append(body)
+
+    def _too_large(self) -> _Rejected:
+        return _Rejected(413, "body_too_large", "request body larger than "
+                         f"max_body_bytes={self._server.max_body_bytes}")
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method().decode("ascii", "replace")
+        request = InboundRequest(method, self._url.decode("latin-1"),
+                                 CIMultiDict(self._headers), b"".join(self._body), self._peer)
+        self._queue.append((request, parser.should_keep_alive()))
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._answer())
+        elif len(self._queue) > 16:
+            self._update_reading()
+
+    # -- answering ---------------------------------------------------------------------
+    async def _answer(self) -> None:
+        server = self._server
+        try:
+            while self._queue and not self._closing:
+                request, keep_alive = self._queue.popleft()
+                server.in_flight += 1
+                try:
+                    reply = await server.handler(request)
+                except Exception:  # a handler bug costs one call, never the connection
+                    log.exception("request failed inside the agent")
+                    reply = error_reply(500, "internal error in the agent")
+                finally:
+                    server.in_flight -= 1
+                keep_alive = keep_alive and not server.closing and self._final is None
+                self._write(render_reply(reply, keep_alive=keep_alive,
+                                         head=request.method == "HEAD"), close=not keep_alive)
+                if self._paused:
+                    self._update_reading()
+        finally:
+            self._worker = None
+            server.request_done()
+            if self._final is not None:
+                self._write(self._final, close=True)
+
+    def _write(self, data: bytes, *, close: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        self.last_active = time.monotonic()
+        if close:
+            self._closing = True
+            transport.close()
+
+    def _reject(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` after the requests already complete, then close."""
+        self._server.on_rejected(reason)
+        self._final = render_reply(error_reply(status, message), keep_alive=False)
+        if self._transport is not None:
+            self._transport.pause_reading()
+        if self._worker is None:
+            self._write(self._final, close=True)
+
+    # -- for the server ----------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return self._worker is None and not self._queue
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+class HttpServer:
+    """Listens on ``host:port`` and answers every request with ``handler``.
+
+    ``await start()``; ``await stop(timeout)`` stops listening, closes idle connections,
+    lets in-flight requests finish for up to ``timeout`` seconds, then closes the rest.
+    """
+
+    def __init__(self, handler: Handler, *, max_header_bytes: int, max_body_bytes: int,
+                 idle_timeout_seconds: float = 60.0,
+                 on_rejected: Callable[[str], None] = lambda reason: None) -> None:
+        self.handler = handler
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.on_rejected = on_rejected
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.closing = False
+        self.port: int | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port,
+                                                reuse_address=True, backlog=1024)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        return max(0.05, min(5.0, self.idle_timeout_seconds / 4))
+
+    def _sweep(self) -> None:
+        """Close connections idle or stalled for longer than the idle timeout."""
+        deadline = time.monotonic() - self.idle_timeout_seconds
+        for conn in list(self.connections):
+            if conn.idle and conn.last_active < deadline:
+                conn.close()
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+
+    def request_done(self) -> None:
+        if self._drained is not None and self.in_flight == 0:
+            self._drained.set()
+
+    async def stop(self, timeout: float) -> None:
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        if self.in_flight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                log.warning("closing connections with calls in flight",
+                            extra={"in_flight": self.in_flight})
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
