@@ -31,9 +31,11 @@ _IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
 class _Failed(Exception):
     """The connection failed; ``answered`` says whether any response byte arrived."""
 
-    def __init__(self, message: str, *, answered: bool) -> None:
+    def __init__(self, message: str, *, answered: bool, error_class: str = "connection"
+                 ) -> None:
         super().__init__(message)
         self.answered = answered
+        self.error_class = error_class
 
 
 class _Connection(asyncio.Protocol):
@@ -80,9 +82,11 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            self._fail(str(exc.__context__ or exc))
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, _Failed) else _Failed(str(cause or exc),
+                                                                          answered=True))
         except httptools.HttpParserError as exc:
-            self._fail(f"malformed response: {exc}")
+            self._fail(_Failed(f"malformed response: {exc}", answered=True))
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -97,7 +101,7 @@ class _Connection(asyncio.Protocol):
         self._size += len(body)
         if self._size > self._limit:
             raise _Failed(f"answered more than max_response_bytes={self._limit}",
-                          answered=True)
+                          answered=True, error_class="5xx")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -135,11 +139,11 @@ class _Connection(asyncio.Protocol):
                                if k.lower() not in HOP_BY_HOP])
         waiter.set_result(Reply(status, headers, b"".join(self._body)))
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, error: _Failed) -> None:
         self.reusable = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(_Failed(message, answered=True))
+            waiter.set_exception(error)
         self.close()
 
     def done(self) -> None:
@@ -210,7 +214,7 @@ class Forwarder:
                 # so the node never saw the call; try once on a fresh connection.
                 if retry and reused and not exc.answered:
                     continue
-                raise UpstreamError("connection", f"node {node.id} failed: {exc}") from None
+                raise UpstreamError(exc.error_class, f"node {node.id} failed: {exc}") from None
             except TimeoutError:
                 conn.reusable = False
                 raise UpstreamError("timeout", f"node {node.id} did not answer within "
