@@ -12,9 +12,11 @@ node whose process dies vanishes when the lease runs out. A command rewrites ``c
 its history key (and rewrites commands a revert touched, drops the ones past 100) in one
 transaction guarded by ``config``'s mod revision as the client last saw it; a lost race
 returns the current config in the same round trip and is retried.
-A watch reads the service prefix at one revision, then watches from the next revision and
-applies events; all events of a transaction share one revision and arrive in one watch
-response, so snapshots are never torn.
+A watch reads the service prefix at one revision, then opens its own stream on etcd's Watch
+service from the next revision; all events of a transaction share one revision and arrive in
+one watch response, which is applied whole before snapshots are emitted, so they are never
+torn. Commands and watches use etcd's gRPC stubs and messages (``aetcd.rpc``) on aetcd's
+channel directly; the other calls go through aetcd's client methods.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 import aetcd.utils
+from aetcd import rpc
+from grpc.aio import EOF as _EOF
 from prometheus_client import CollectorRegistry
 
 from registry.client import BaseClient
@@ -47,6 +51,11 @@ DEFAULT_ROOT = "/tidemark/registry/"
 _MAX_CAS_ATTEMPTS = 50
 _UNREACHABLE = (TimeoutError, OSError, aetcd.exceptions.ConnectionFailedError,
                 aetcd.exceptions.ConnectionTimeoutError, aetcd.exceptions.InternalError)
+# The same failures as gRPC status codes, for the calls made on etcd's stubs directly.
+_UNREACHABLE_CODES = frozenset({rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED,
+                                rpc.StatusCode.INTERNAL})
+_PUT = rpc.Event.EventType.PUT
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -118,6 +127,7 @@ class EtcdRegistryClient(BaseClient):
         if not root.startswith("/") or not root.endswith("/"):
             raise ValueError("root: must start and end with '/'")
         self._root = root
+        self._services_base = f"{root}services/".encode()
         self._timeout = timeout_seconds
         self._index = 0
         self._client: aetcd.Client | None = None
@@ -126,6 +136,9 @@ class EtcdRegistryClient(BaseClient):
 
     # --- connection ----------------------------------------------------------------------
     async def _etcd(self) -> aetcd.Client:
+        client = self._client
+        if client is not None:
+            return client
         async with self._lock:
             if self._client is None:
                 host, port = self._endpoints[self._index % len(self._endpoints)]
@@ -174,6 +187,31 @@ class EtcdRegistryClient(BaseClient):
         assert error is not None
         raise error
 
+    async def _kv(self, method: str, request: Any) -> Any:
+        """One call on etcd's KV service with a request built here (``Txn``), skipping
+        aetcd's wrappers; fails over like :meth:`_call`."""
+        error: RegistryUnavailable | None = None
+        for _ in range(len(self._endpoints)):
+            try:
+                client = await self._etcd()
+            except RegistryUnavailable as exc:
+                error = exc
+                continue
+            try:
+                return await getattr(client.kvstub, method)(request, timeout=self._timeout,
+                                                            metadata=client.metadata)
+            except rpc.AioRpcError as exc:
+                code = exc.code()
+                if code in _UNREACHABLE_CODES:
+                    error = await self._failed(client, exc)
+                    error.__cause__ = exc
+                    continue
+                if code == rpc.StatusCode.INVALID_ARGUMENT:
+                    raise ValueError(f"etcd rejected {method}: {exc.details()}") from exc
+                raise RegistryError(f"etcd {method}: {code.name}: {exc.details()}") from exc
+        assert error is not None
+        raise error
+
     async def start(self) -> None:
         """Connect to the first endpoint that answers."""
         await self._etcd()
@@ -197,12 +235,11 @@ class EtcdRegistryClient(BaseClient):
         return f"{self._root}history/{service}/{command_id:012d}".encode()
 
     def _parse_key(self, key: bytes) -> tuple[str, str] | None:
-        text = key.decode()
-        base = f"{self._root}services/"
-        if not text.startswith(base):
+        base = self._services_base
+        if not key.startswith(base):
             return None
-        service, _, rest = text[len(base):].partition("/")
-        return service, rest
+        service, _, rest = key[len(base):].partition(b"/")
+        return service.decode(), rest.decode()
 
     @staticmethod
     def _apply(state: _ServiceState, rest: str, value: bytes | None, mod_revision: int) -> None:
@@ -305,34 +342,39 @@ class EtcdRegistryClient(BaseClient):
                     raise
                 seen = None  # judged on a cached copy: look again before saying no
                 continue
-            client = await self._etcd()
-            tx = client.transactions
-            ops = [tx.put(config_key, json.dumps({"flat": new_flat,
-                                                  "next_id": command.id + 1}).encode())]
+            success = [rpc.RequestOp(request_put=rpc.PutRequest(
+                key=config_key, value=_encode({"flat": new_flat,
+                                               "next_id": command.id + 1}).encode()))]
             before = {c.id: c for c in seen.history or []}
             for item in new_history:
                 if before.get(item.id) != item:  # the new command, or one a revert touched
-                    ops.append(tx.put(self._command_key(service, item.id),
-                                      json.dumps(item.to_dict()).encode()))
+                    success.append(rpc.RequestOp(request_put=rpc.PutRequest(
+                        key=self._command_key(service, item.id),
+                        value=_encode(item.to_dict()).encode())))
             # Older history keys are pruned every _PRUNE_EVERY commands, not in every
             # transaction (readers take the last MAX_HISTORY), which keeps a command's
             # transaction to its two puts most of the time.
             oldest_kept = command.id - MAX_HISTORY + 1
             if oldest_kept > 1 and command.id % _PRUNE_EVERY == 0:
-                ops.append(tx.delete(self._command_key(service, 0),
-                                     range_end=self._command_key(service, oldest_kept)))
+                success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+                    key=self._command_key(service, 0),
+                    range_end=self._command_key(service, oldest_kept))))
             # One round trip: every command rewrites config, so comparing its mod revision
             # with our copy's orders all writers; a loser gets the current config back.
-            ok, responses = await self._call(
-                "transaction", compare=[tx.mod(config_key) == seen.config_mod],
-                success=ops, failure=[tx.get(config_key)])
-            if ok:
-                revision = int(responses[0].response_put.header.revision)
+            # The request is built here and sent on etcd's KV stub: aetcd's transaction()
+            # builds the same message through a layer of op objects, which cost more
+            # than the rest of a command's client-side work.
+            reply = await self._kv("Txn", rpc.TxnRequest(
+                compare=[rpc.Compare(key=config_key, result=rpc.Compare.EQUAL,
+                                     target=rpc.Compare.MOD, mod_revision=seen.config_mod)],
+                success=success,
+                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=config_key))]))
+            if reply.succeeded:
                 self._remember(service, _Seen(
-                    new_flat, command.id + 1, revision,
+                    new_flat, command.id + 1, int(reply.header.revision),
                     new_history if seen.history is not None else None))
                 return command
-            seen = self._seen_from(responses[0], None)
+            seen = self._seen_from(reply.responses[0].response_range.kvs, None)
             fresh = True
             self._remember(service, seen)
         raise Conflict(f"{service}: too many concurrent writers; try again")
@@ -344,25 +386,27 @@ class EtcdRegistryClient(BaseClient):
 
     @staticmethod
     def _seen_from(config: Any, history: Any) -> _Seen:
-        """The CAS copy from txn range results (lists of (value, kv) pairs)."""
-        stored = json.loads(config[0][0]) if config else {}
+        """The CAS copy from txn range results (sequences of etcd KeyValues)."""
+        stored = json.loads(config[0].value) if config else {}
         commands = None
         if history is not None:
-            commands = sorted((Command.from_dict(json.loads(value)) for value, _ in history),
+            commands = sorted((Command.from_dict(json.loads(kv.value)) for kv in history),
                               key=lambda c: c.id)[-MAX_HISTORY:]
         return _Seen(flat=stored.get("flat", {}), next_id=int(stored.get("next_id", 1)),
-                     config_mod=config[0][1].mod_revision if config else 0, history=commands)
+                     config_mod=int(config[0].mod_revision) if config else 0,
+                     history=commands)
 
     async def _read_config(self, service: str, *, with_history: bool) -> _Seen:
-        client = await self._etcd()
-        tx = client.transactions
         config_key = f"{self._service_prefix(service)}config".encode()
-        ops = [tx.get(config_key)]
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=config_key))]
         if with_history:
             prefix = self._history_prefix(service)
-            ops.append(tx.get(prefix, range_end=aetcd.utils.prefix_range_end(prefix)))
-        _, responses = await self._call("transaction", compare=[], success=ops, failure=[])
-        return self._seen_from(responses[0], responses[1] if with_history else None)
+            ops.append(rpc.RequestOp(request_range=rpc.RangeRequest(
+                key=prefix, range_end=aetcd.utils.prefix_range_end(prefix))))
+        # One read transaction, so config and history come from the same revision.
+        reply = await self._kv("Txn", rpc.TxnRequest(success=ops))
+        return self._seen_from(reply.responses[0].response_range.kvs,
+                               reply.responses[1].response_range.kvs if with_history else None)
 
     # --- watch ---------------------------------------------------------------------------
     async def _follow(self, *, service: str | None, prefix: str | None,
@@ -375,48 +419,70 @@ class EtcdRegistryClient(BaseClient):
         for name in sorted(states):
             emit(states[name].snapshot(name, revision))
         client = await self._etcd()
-        dirty: dict[str, int] = {}
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[BaseException] = loop.create_future()
-
-        def publish() -> None:
-            for name, rev in sorted(dirty.items()):
-                emit(states[name].snapshot(name, rev))
-            dirty.clear()
-
-        async def on_event(event: Any) -> None:
-            # Called by aetcd's watcher task for each event of a response, without a queue
-            # or a task of ours in between; `publish` is a call_soon callback, so it runs
-            # only after the whole response was applied (a torn snapshot is never emitted).
-            if isinstance(event, BaseException):
-                if not ended.done():
-                    ended.set_result(event)
-                return
-            parsed = self._parse_key(event.kv.key)
-            if parsed is None:
-                return
-            name, rest = parsed
-            value = event.kv.value if event.kind == "PUT" else None
-            self._apply(states.setdefault(name, _ServiceState()), rest, value,
-                        event.kv.mod_revision)
-            if not dirty:
-                loop.call_soon(publish)
-            dirty[name] = max(dirty.get(name, 0), event.kv.mod_revision)
-
         prefix_key = key_prefix.encode()
+        # The watch is our own stream on etcd's Watch service: each response is applied
+        # whole, then a snapshot per changed service is emitted from this same task. All
+        # events of a transaction share one revision and etcd never splits a revision over
+        # responses (we do not ask for fragments), so a torn snapshot is never emitted, and
+        # there is no queue, callback or extra task between the stream and the consumer.
+        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
         try:
-            # aetcd's watch() wraps this same call in a queue and a generator; registering
-            # the callback directly saves a task hop per watcher per change.
-            handle = await client._watcher.add_callback(  # noqa: SLF001
-                prefix_key, on_event, range_end=aetcd.utils.prefix_range_end(prefix_key),
-                start_revision=revision + 1)
-        except Exception as exc:  # noqa: BLE001
-            raise await self._failed(client, exc) from exc
-        try:
-            error = await ended
+            async def create() -> Any:
+                await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                    key=prefix_key, range_end=aetcd.utils.prefix_range_end(prefix_key),
+                    start_revision=revision + 1)))
+                return await call.read()
+
+            # Bounded: a write on a stream whose channel is closed before it started never
+            # returns (gRPC waits for metadata that will not be sent).
+            created = await asyncio.wait_for(create(), self._timeout)
+            if not _watch_ok(created) or not created.created:
+                raise RegistryUnavailable(f"etcd watch not created: {_watch_why(created)}")
+            parse, apply = self._parse_key, self._apply
+            while True:
+                response = await call.read()
+                if not _watch_ok(response):
+                    raise RegistryUnavailable(f"etcd watch ended: {_watch_why(response)}")
+                dirty: dict[str, int] = {}
+                for event in response.events:
+                    kv = event.kv
+                    parsed = parse(kv.key)
+                    if parsed is None:
+                        continue
+                    name, rest = parsed
+                    state = states.get(name)
+                    if state is None:
+                        state = states[name] = _ServiceState()
+                    apply(state, rest, kv.value if event.type == _PUT else None,
+                          kv.mod_revision)
+                    dirty[name] = kv.mod_revision  # events come in revision order
+                for name in sorted(dirty) if len(dirty) > 1 else dirty:
+                    emit(states[name].snapshot(name, dirty[name]))
+        except rpc.AioRpcError as exc:
+            if exc.code() in _UNREACHABLE_CODES:
+                raise await self._failed(client, exc) from exc
+            raise RegistryUnavailable(f"etcd watch: {exc.code().name}: {exc.details()}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the watch is being closed
+            # gRPC cancels a stream whose channel was closed (another call on this client
+            # failed and dropped it): reconnect rather than end the watch.
+            raise RegistryUnavailable("etcd watch stream was cancelled") from None
         finally:
-            try:
-                await asyncio.wait_for(client._watcher.cancel(handle.watch_id), 1.0)  # noqa: SLF001
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-        raise await self._failed(client, error)
+            call.cancel()
+
+
+def _watch_ok(response: Any) -> bool:
+    """A watch response that can be applied: not the end of the stream, not a cancel, not
+    a compaction past our revision."""
+    return (response is not _EOF and not response.canceled
+            and not response.compact_revision)
+
+
+def _watch_why(response: Any) -> str:
+    if response is _EOF:
+        return "stream closed by etcd"
+    if response.compact_revision:
+        return f"revision compacted below {response.compact_revision}"
+    return response.cancel_reason or "cancelled by etcd"

@@ -84,3 +84,24 @@ async def test_lost_lease_is_replaced_by_the_next_heartbeat(tmp_path: Path) -> N
     finally:
         await raw.close()
         await backend.close()
+
+
+async def test_watch_reconnects_when_another_call_drops_the_connection(tmp_path: Path) -> None:
+    # A failed call drops the client's connection; gRPC then cancels the watch stream on it,
+    # which must read as a lost connection (reconnect), not as the watch being closed.
+    backend = await make_backend("etcd", tmp_path)
+    service = unique("dropped")
+    client = backend.client()
+    try:
+        await client.set_switches(service, {"a": True}, who="test")
+        async with client.watch(service) as watch:
+            await next_matching(watch, lambda s: s.config.switches == {"a": True})
+            await client.set_switches(service, {"b": True}, who="test")  # the stream is up
+            await next_matching(watch, lambda s: s.config.switches.get("b") is True)
+            await client._failed(client._client, OSError("test: connection dropped"))  # type: ignore[attr-defined]
+            await client.set_switches(service, {"a": False}, who="test")
+            after = await next_matching(watch, lambda s: s.config.switches.get("a") is False)
+            assert after.revision > 0
+            assert watch.reconnects >= 1
+    finally:
+        await backend.close()
