@@ -245,7 +245,9 @@ class Registration:
     """A node kept registered by heartbeats every ``ttl/3`` until :meth:`stop`.
 
     If the registry forgot the node (it expired during an outage, or the embedded registry
-    restarted) the next heartbeat registers it again.
+    restarted) the next heartbeat registers it again. Writes of the record (that
+    re-registration, :meth:`update`, the final deregistration) take turns, so each one
+    starts from the handle (etcd: lease) and record the previous one left.
     """
 
     def __init__(self, client: BaseClient, service: str, node: Node, ttl_seconds: float,
@@ -255,6 +257,7 @@ class Registration:
         self.node = node
         self.ttl_seconds = ttl_seconds
         self._handle = handle
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.last_heartbeat_at = time.monotonic()
 
@@ -268,19 +271,28 @@ class Registration:
         while True:
             await asyncio.sleep(interval)
             try:
-                try:
-                    await self.client._heartbeat(self.service, self.node, self._handle)
-                except NotFound:
-                    log.info("node unknown to the registry; registering again",
-                             extra={"service": self.service, "node": self.node.id})
-                    self._handle = await self.client._register_once(
-                        self.service, self.node, self.ttl_seconds)
-                self.last_heartbeat_at = time.monotonic()
+                await self._beat_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep trying; the TTL decides
                 log.warning("heartbeat failed", extra={"service": self.service,
                                                        "node": self.node.id, "error": str(exc)})
+
+    async def _beat_once(self) -> None:
+        handle = self._handle
+        try:
+            await self.client._heartbeat(self.service, self.node, handle)
+        except NotFound:
+            async with self._writing:
+                # An update that ran meanwhile may have registered again already (on etcd
+                # with a new lease); re-registering on top would attach the node to a lease
+                # nobody refreshes, or write back the record the update replaced.
+                if self._handle == handle:
+                    log.info("node unknown to the registry; registering again",
+                             extra={"service": self.service, "node": self.node.id})
+                    self._handle = await self.client._register_once(
+                        self.service, self.node, self.ttl_seconds)
+        self.last_heartbeat_at = time.monotonic()
 
     async def update(self, *, status: str | None = None, weight: int | None = None,
                      labels: Mapping[str, str] | None = None) -> Node:
@@ -292,10 +304,11 @@ class Registration:
             changes["weight"] = weight
         if labels is not None:
             changes["labels"] = dict(labels)
-        node = replace(self.node, **changes)  # validates
-        self._handle = await self.client._register_once(self.service, node, self.ttl_seconds,
-                                                        self._handle)
-        self.node = node
+        async with self._writing:
+            node = replace(self.node, **changes)  # validates
+            self._handle = await self.client._register_once(self.service, node,
+                                                            self.ttl_seconds, self._handle)
+            self.node = node
         return node
 
     async def stop(self, deregister: bool = True) -> None:
@@ -308,12 +321,13 @@ class Registration:
             except asyncio.CancelledError:
                 pass
             if deregister:
-                try:
-                    await self.client._deregister_handle(self.service, self.node.id,
-                                                         self._handle)
-                except (RegistryUnavailable, NotFound) as exc:
-                    log.warning("deregister failed; the TTL will remove the node",
-                                extra={"node": self.node.id, "error": str(exc)})
+                async with self._writing:  # after an update in flight, not before it
+                    try:
+                        await self.client._deregister_handle(self.service, self.node.id,
+                                                             self._handle)
+                    except (RegistryUnavailable, NotFound) as exc:
+                        log.warning("deregister failed; the TTL will remove the node",
+                                    extra={"node": self.node.id, "error": str(exc)})
         self.client._registrations.discard(self)
 
 

@@ -105,3 +105,51 @@ async def test_watch_reconnects_when_another_call_drops_the_connection(tmp_path:
             assert watch.reconnects >= 1
     finally:
         await backend.close()
+
+
+async def test_update_racing_a_re_registration_keeps_the_node_on_the_live_lease(
+        tmp_path: Path) -> None:
+    # The lease is lost; the heartbeat registers again (new lease) while an update, still
+    # holding the old lease, runs: both must not each take a lease. The node must end on
+    # the lease the registration refreshes, with the updated record.
+    import aetcd
+
+    backend = await make_backend("etcd", tmp_path)
+    host, port = backend.url[len("etcd://"):].split(":")
+    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    service = unique("race")
+    client = backend.client()
+    try:
+        # TTL 30 s: the background heartbeat (every 10 s) stays out of the way.
+        registration = await client.register(service, Node(id="n1", address="10.0.0.9:80"),
+                                             ttl_seconds=30)
+        original = client._register_once  # type: ignore[attr-defined]
+        reregistered, proceed = asyncio.Event(), asyncio.Event()
+
+        async def paused_register(service: str, node: Node, ttl: float,
+                                  handle: object = None) -> object:
+            result = await original(service, node, ttl, handle)
+            if handle is None:  # the heartbeat's re-registration: hold it before it returns
+                reregistered.set()
+                await proceed.wait()
+            return result
+
+        client._register_once = paused_register  # type: ignore[attr-defined]
+        await raw.revoke_lease(registration._handle)
+        beat = asyncio.create_task(registration._beat_once())
+        await asyncio.wait_for(reregistered.wait(), 10)
+        update = asyncio.create_task(registration.update(status="draining"))
+        await asyncio.wait({update}, timeout=1.0)  # unserialised, it would finish here
+        proceed.set()
+        await asyncio.wait_for(asyncio.gather(beat, update), 10)
+
+        stored = await raw.get(f"/tidemark/registry/services/{service}/nodes/n1".encode())
+        assert stored is not None
+        assert stored.lease == registration._handle
+        assert (await raw.refresh_lease(registration._handle)).TTL > 0
+        assert [n.status for n in (await client.snapshot(service)).nodes] == ["draining"]
+        await registration.stop()
+        assert (await client.snapshot(service)).nodes == ()
+    finally:
+        await raw.close()
+        await backend.close()
