@@ -48,10 +48,12 @@ class _Connection(asyncio.Protocol):
         self.open = False
         self.reusable = True
         self.idle_since = 0.0
+        self.deadline = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Reply] | None = None
         self._head = False
         self._answered = False
+        self._headers_done = False
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._size = 0
@@ -68,8 +70,8 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if self._answered and self._parser.get_status_code() and self._close_delimited():
-                self._finish()  # a body that ends with the connection
+            if exc is None and self._headers_done and self._close_delimited():
+                self._finish()  # a body that ends with the connection (not with a reset)
             else:
                 reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed"
                 waiter.set_exception(_Failed(reason, answered=self._answered))
@@ -89,10 +91,18 @@ class _Connection(asyncio.Protocol):
             self._fail(_Failed(f"malformed response: {exc}", answered=True))
 
     # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # bytes beyond the answer: never reuse this
+            self.reusable = False
+            raise _Failed("answered more than one response", answered=True)
+        self._headers_done = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
         if self._head:  # no body follows, whatever the headers say
             self.reusable = False
             self._finish()
@@ -110,12 +120,16 @@ class _Connection(asyncio.Protocol):
         self._finish()
 
     # -- a call ------------------------------------------------------------------------
-    def send(self, request: bytes, *, head: bool, limit: int) -> asyncio.Future[Reply]:
-        """Write ``request``; the future is the reply (or a :class:`_Failed`)."""
+    def send(self, request: bytes, *, head: bool, limit: int,
+             deadline: float) -> asyncio.Future[Reply]:
+        """Write ``request``; the future is the reply, a :class:`_Failed`, or a
+        ``TimeoutError`` once the loop's clock passes ``deadline``."""
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self.deadline = deadline
+        self._waiter = self.pool.loop.create_future()
         self._head = head
         self._answered = False
+        self._headers_done = False
         self._headers = []
         self._body = []
         self._size = 0
@@ -134,6 +148,7 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:  # 1xx: an interim answer; the real one follows
             self._headers = []
+            self._headers_done = False
             return
         headers = CIMultiDict([(k, v) for k, v in self._headers
                                if k.lower() not in HOP_BY_HOP])
@@ -145,6 +160,13 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         self.close()
+
+    def expire(self, now: float) -> None:
+        """Fail the call in progress if its deadline has passed."""
+        waiter = self._waiter
+        if waiter is not None and now >= self.deadline and not waiter.done():
+            self.reusable = False
+            waiter.set_exception(TimeoutError())
 
     def done(self) -> None:
         """The call is over: back to the pool or closed."""
@@ -176,18 +198,36 @@ class Forwarder:
         self._open: set[_Connection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._started = False
+        self._tick_seconds = min(0.05, timeout_seconds / 10)
+        self._ticker: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # start()
 
     async def start(self) -> None:
+        # Kept: asyncio.get_running_loop() makes a getpid() system call every time.
+        self.loop = asyncio.get_running_loop()
         self._started = True
+        self._ticker = self.loop.call_later(self._tick_seconds, self._tick)
+
+    def _tick(self) -> None:
+        """Time out overdue calls. One ticker for all calls is cheaper than a timer per
+        call; a call times out at most ``_tick_seconds`` after its deadline."""
+        now = self.loop.time()
+        for conn in list(self._open):
+            conn.expire(now)
+        self._ticker = self.loop.call_later(self._tick_seconds, self._tick)
 
     async def stop(self) -> None:
         self._started = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for conn in list(self._open):
             conn.close()
         self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.cancel()
+                waiter.set_exception(UpstreamError("connection", "the agent is stopping",
+                                                   sent=False))
 
     @property
     def open_connections(self) -> int:
@@ -201,12 +241,11 @@ class Forwarder:
         assert node is not None, "the failover filter picks the node"
         request = self._render(call, node.address)
         head = call.method == "HEAD"
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + self._timeout
         for retry in (True, False):
             conn, reused = await self._connection(node.address, node.id, deadline)
-            future = conn.send(request, head=head, limit=self._max_response)
-            timer = loop.call_later(max(0.0, deadline - loop.time()), _expire, future)
+            future = conn.send(request, head=head, limit=self._max_response, deadline=deadline)
             try:
                 return await future
             except _Failed as exc:
@@ -223,7 +262,6 @@ class Forwarder:
                 conn.reusable = False  # an answer may still come: never hand it to another
                 raise
             finally:
-                timer.cancel()
                 conn.done()
         raise AssertionError("unreachable")
 
@@ -314,6 +352,3 @@ class Forwarder:
                 return
 
 
-def _expire(future: asyncio.Future[Reply]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())

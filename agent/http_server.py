@@ -91,6 +91,12 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._final: bytes | None = None  # a rejection to send after the answers in flight
+        self._eof = False  # the caller half-closed: answer what it sent, then close
+        self._in_head = False  # between the start of a request and the end of its headers
+        self._head_bytes = 0  # bytes of the current head so far, as measured per read
+        self._began_in_read = False  # a request started within the current read
+        self._read_other = 0  # bytes of the current read that were not the current head
+        self._last_request = False  # a request said Connection: close; ignore the rest
         self.last_active = time.monotonic()
         # the request being parsed
         self._url = b""
@@ -114,12 +120,25 @@ class _Connection(asyncio.Protocol):
         if self._worker is not None:
             self._worker.cancel()  # nobody is left to answer
 
+    def eof_received(self) -> bool:
+        """The caller sent all it will send; answer what is complete, then close."""
+        self._eof = True
+        if self._worker is None and not self._queue:
+            self.close()
+        return True  # keep the transport open for the answers still owed
+
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._final is not None:
+        if self._closing or self._final is not None or self._last_request:
             return
         self.last_active = time.monotonic()
+        self._began_in_read = False
+        self._read_other = 0
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                self._measure_head(len(data))
+        except _Rejected as exc:
+            self._reject(exc.status, exc.reason, str(exc))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, _Rejected):
@@ -128,7 +147,23 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reject(501, "upgrade", "upgrades and CONNECT are not supported")
         except httptools.HttpParserError as exc:
-            self._reject(400, "malformed", f"malformed request: {exc}")
+            if not self._last_request:  # else: bytes after a Connection: close, ignored
+                self._reject(400, "malformed", f"malformed request: {exc}")
+
+    def _measure_head(self, read: int) -> None:
+        """Refuse a head over ``max_header_bytes`` even while its line has not ended.
+
+        httptools hands over a header only once its line is complete, so the head is also
+        measured per read: all of a read that continued a head, or, when the head began
+        within the read, the read less what the requests before it took (their bodies
+        and heads).
+        """
+        if self._began_in_read:
+            self._head_bytes = read - self._read_other
+        else:
+            self._head_bytes += read
+        if self._head_bytes > self._server.max_header_bytes:
+            raise self._headers_too_large()
 
     def pause_writing(self) -> None:  # the caller reads slowly: stop taking requests
         self._write_paused = True
@@ -151,6 +186,9 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._in_head = True
+        self._began_in_read = True
+        self._head_bytes = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -168,20 +206,30 @@ class _Connection(asyncio.Protocol):
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > self._server.max_header_bytes:
-            raise _Rejected(431, "headers_too_large", "request line and headers larger than "
-                            f"max_header_bytes={self._server.max_header_bytes}")
+            raise self._headers_too_large()
+
+    def _headers_too_large(self) -> _Rejected:
+        return _Rejected(431, "headers_too_large", "request line and headers larger than "
+                         f"max_header_bytes={self._server.max_header_bytes}")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        expect_continue = False
         for name, value in self._headers:
             lower = name.lower()
             if lower == "content-length" and value.isdigit() \
                     and int(value) > self._server.max_body_bytes:
                 raise self._too_large()
-            if lower == "expect" and value.lower() == "100-continue" \
-                    and self._transport is not None:
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if lower == "expect" and value.lower() == "100-continue":
+                expect_continue = True
+        # Invite the body only when no earlier answer is owed (an interim answer must not
+        # overtake them); a caller not invited sends its body after its own short wait.
+        if expect_continue and self._worker is None and not self._queue \
+                and self._transport is not None and not self._parser.should_upgrade():
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self._read_other += len(body)
         self._body_size += len(body)
         if self._body_size > self._server.max_body_bytes:
             raise self._too_large()
@@ -193,12 +241,19 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
+        if parser.should_upgrade():  # llhttp completes the message before it says upgrade
+            raise _Rejected(501, "upgrade", "upgrades and CONNECT are not supported")
         method = parser.get_method().decode("ascii", "replace")
+        # this request's head as sent: "METHOD URL HTTP/1.1\r\n", headers, "\r\n"
+        self._read_other += self._header_bytes + len(method) + 14
         request = InboundRequest(method, self._url.decode("latin-1"),
                                  CIMultiDict(self._headers), b"".join(self._body), self._peer)
-        self._queue.append((request, parser.should_keep_alive()))
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive:
+            self._last_request = True
+        self._queue.append((request, keep_alive))
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._answer())
+            self._worker = self._server.loop.create_task(self._answer())
         elif len(self._queue) > 16:
             self._update_reading()
 
@@ -216,9 +271,12 @@ class _Connection(asyncio.Protocol):
                     reply = error_reply(500, "internal error in the agent")
                 finally:
                     server.in_flight -= 1
-                keep_alive = keep_alive and not server.closing and self._final is None
+                last = self._final is not None or (self._eof and not self._queue)
+                keep_alive = keep_alive and not server.closing and not last
+                # after the last answer, `finally` sends the rejection (if any) and closes
                 self._write(render_reply(reply, keep_alive=keep_alive,
-                                         head=request.method == "HEAD"), close=not keep_alive)
+                                         head=request.method == "HEAD"),
+                            close=not keep_alive and not last)
                 if self._paused:
                     self._update_reading()
         finally:
@@ -226,6 +284,8 @@ class _Connection(asyncio.Protocol):
             server.request_done()
             if self._final is not None:
                 self._write(self._final, close=True)
+            elif self._eof and not self._queue:
+                self.close()
 
     def _write(self, data: bytes, *, close: bool) -> None:
         transport = self._transport
@@ -276,12 +336,14 @@ class HttpServer:
         self.in_flight = 0
         self.closing = False
         self.port: int | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # start()
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None
 
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() makes a getpid() system call every time.
+        self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port,
                                                 reuse_address=True, backlog=1024)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -296,7 +358,7 @@ class HttpServer:
         for conn in list(self.connections):
             if conn.idle and conn.last_active < deadline:
                 conn.close()
-        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_every(), self._sweep)
 
     def request_done(self) -> None:
         if self._drained is not None and self.in_flight == 0:
