@@ -77,6 +77,7 @@ _EMPTY_CONFIG = flat_to_config({}, 0)
 _CONFIG_MEMO: dict[tuple[bytes, int], ServiceConfig] = {}
 _CONFIG_MEMO_MAX = 1024
 _PRUNE_EVERY = 16  # history keys beyond the last MAX_HISTORY are deleted every 16th command
+_PRUNE_SPAN = 4 * _PRUNE_EVERY  # ... from ids this far below the oldest kept one
 
 
 def _decode_config(value: bytes, mod_revision: int) -> ServiceConfig:
@@ -353,11 +354,14 @@ class EtcdRegistryClient(BaseClient):
                         value=_encode(item.to_dict()).encode())))
             # Older history keys are pruned every _PRUNE_EVERY commands, not in every
             # transaction (readers take the last MAX_HISTORY), which keeps a command's
-            # transaction to its two puts most of the time.
+            # transaction to its two puts most of the time. Ids are consecutive, so each
+            # prune only has to cover the ids that fell out since the previous one; the
+            # range is a few periods wide (not from id 0) because etcd walks every key
+            # ever written in a deleted range until it compacts, and that grew without end.
             oldest_kept = command.id - MAX_HISTORY + 1
             if oldest_kept > 1 and command.id % _PRUNE_EVERY == 0:
                 success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-                    key=self._command_key(service, 0),
+                    key=self._command_key(service, max(0, oldest_kept - _PRUNE_SPAN)),
                     range_end=self._command_key(service, oldest_kept))))
             # One round trip: every command rewrites config, so comparing its mod revision
             # with our copy's orders all writers; a loser gets the current config back.

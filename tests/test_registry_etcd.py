@@ -153,3 +153,29 @@ async def test_update_racing_a_re_registration_keeps_the_node_on_the_live_lease(
     finally:
         await raw.close()
         await backend.close()
+
+
+async def test_history_keys_past_the_last_100_are_pruned(tmp_path: Path) -> None:
+    import aetcd
+
+    from registry.commands import MAX_HISTORY
+    from registry.etcd_backend import _PRUNE_EVERY
+
+    backend = await make_backend("etcd", tmp_path)
+    host, port = backend.url[len("etcd://"):].split(":")
+    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    service = unique("prune")
+    client = backend.client()
+    try:
+        count = MAX_HISTORY + 3 * _PRUNE_EVERY + 5
+        for i in range(count):
+            await client.set_idc_weights(service, {"bj": i % 500 + 1}, who="test")
+        ids = sorted(int(kv.key.rsplit(b"/", 1)[1]) for kv in await raw.get_prefix(
+            f"/tidemark/registry/history/{service}/".encode()))
+        last_prune = count - count % _PRUNE_EVERY
+        assert ids == list(range(last_prune - MAX_HISTORY + 1, count + 1))
+        assert [c.id for c in await client.history(service)] == list(
+            range(count - MAX_HISTORY + 1, count + 1))
+    finally:
+        await raw.close()
+        await backend.close()
