@@ -16,7 +16,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-from agent.call import Call, Reply, UpstreamError
+from agent.call import IDEMPOTENT_METHODS, Call, Reply, UpstreamError
 
 __all__ = ["Forwarder", "HOP_BY_HOP"]
 
@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset({
 })
 
 _IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
+# A call that must not be sent twice is never retried, so it only takes a connection that
+# was busy very recently (servers close idle keep-alive connections after 2 s or more).
+_IDLE_SECONDS_NOT_IDEMPOTENT = 1.0
 
 
 class _Failed(Exception):
@@ -243,14 +246,16 @@ class Forwarder:
         head = call.method == "HEAD"
         loop = self.loop
         deadline = loop.time() + self._timeout
-        for retry in (True, False):
-            conn, reused = await self._connection(node.address, node.id, deadline)
+        idempotent = call.method in IDEMPOTENT_METHODS
+        for retry in (idempotent, False):
+            conn, reused = await self._connection(node.address, node.id, deadline, idempotent)
             future = conn.send(request, head=head, limit=self._max_response, deadline=deadline)
             try:
                 return await future
             except _Failed as exc:
-                # A kept-alive connection the node closed as we wrote: no byte came back,
-                # so the node never saw the call; try once on a fresh connection.
+                # A kept-alive connection the node closed as we wrote (no byte came back):
+                # most likely it closed the idle connection before reading the call; an
+                # idempotent call is tried once more on a fresh connection.
                 if retry and reused and not exc.answered:
                     continue
                 raise UpstreamError(exc.error_class, f"node {node.id} failed: {exc}") from None
@@ -277,15 +282,23 @@ class Forwarder:
         return "".join(lines).encode("latin-1", "replace") + body
 
     # -- the pool ----------------------------------------------------------------------
-    async def _connection(self, address: str, node_id: str,
-                          deadline: float) -> tuple[_Connection, bool]:
+    async def _connection(self, address: str, node_id: str, deadline: float,
+                          idempotent: bool) -> tuple[_Connection, bool]:
+        if not self._started:
+            raise UpstreamError("connection", "the agent is stopping", sent=False)
         idle = self._idle.get(address)
         now = time.monotonic()
+        max_idle = _IDLE_SECONDS if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
         while idle:
-            conn = idle.pop()  # the most recently used is the least likely to be closed
-            if conn.open and now - conn.idle_since < _IDLE_SECONDS:
-                return conn, True
-            conn.close()
+            conn = idle[-1]  # the most recently used is the least likely to be closed
+            if not conn.open or now - conn.idle_since >= _IDLE_SECONDS:
+                idle.pop()
+                conn.close()
+                continue
+            if now - conn.idle_since < max_idle:
+                return idle.pop(), True
+            break  # good for idempotent calls only: keep it, open another
+
         while len(self._open) >= self._max_connections:
             if not self._close_one_idle():
                 waiter = asyncio.get_running_loop().create_future()
@@ -322,6 +335,9 @@ class Forwarder:
             conn.close()
             self._wake()
             raise
+        if not self._started:  # stopped while connecting
+            conn.close()
+            raise UpstreamError("connection", "the agent is stopping", sent=False)
         return conn
 
     def _close_one_idle(self) -> bool:

@@ -51,14 +51,19 @@ class InboundRequest:
 Handler = Callable[[InboundRequest], Awaitable[Reply]]
 
 
-def render_reply(reply: Reply, *, keep_alive: bool, head: bool = False) -> bytes:
-    """The bytes of ``reply`` on the wire: status line, headers, Content-Length, body."""
+def render_reply(reply: Reply, *, keep_alive: bool, head: bool = False,
+                 http10: bool = False) -> bytes:
+    """The bytes of ``reply`` on the wire: status line, headers, Content-Length, body.
+
+    ``http10``: the request was HTTP/1.0, whose keep-alive must be confirmed."""
     status = reply.status
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
     for name, value in reply.headers.items():
         lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
+    elif http10:
+        lines.append(b"Connection: keep-alive\r\n")
     body = reply.body
     if status >= 200 and status not in (204, 304):
         lines.append(b"Content-Length: %d\r\n" % len(body))
@@ -85,7 +90,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        self._queue: deque[tuple[InboundRequest, bool]] = deque()
+        self._queue: deque[tuple[InboundRequest, bool, bool]] = deque()  # +keep-alive, 1.0
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._paused = False
@@ -95,7 +100,6 @@ class _Connection(asyncio.Protocol):
         self._in_head = False  # between the start of a request and the end of its headers
         self._head_bytes = 0  # bytes of the current head so far, as measured per read
         self._began_in_read = False  # a request started within the current read
-        self._read_other = 0  # bytes of the current read that were not the current head
         self._last_request = False  # a request said Connection: close; ignore the rest
         self.last_active = time.monotonic()
         # the request being parsed
@@ -132,7 +136,6 @@ class _Connection(asyncio.Protocol):
             return
         self.last_active = time.monotonic()
         self._began_in_read = False
-        self._read_other = 0
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -154,12 +157,12 @@ class _Connection(asyncio.Protocol):
         """Refuse a head over ``max_header_bytes`` even while its line has not ended.
 
         httptools hands over a header only once its line is complete, so the head is also
-        measured per read: all of a read that continued a head, or, when the head began
-        within the read, the read less what the requests before it took (their bodies
-        and heads).
+        measured per read: every read after the one the head began in counts whole (no
+        guessing where the head began inside a read). What is buffered stays within
+        ``max_header_bytes`` plus one read.
         """
         if self._began_in_read:
-            self._head_bytes = read - self._read_other
+            self._head_bytes = 0
         else:
             self._head_bytes += read
         if self._head_bytes > self._server.max_header_bytes:
@@ -224,12 +227,12 @@ class _Connection(asyncio.Protocol):
                 expect_continue = True
         # Invite the body only when no earlier answer is owed (an interim answer must not
         # overtake them); a caller not invited sends its body after its own short wait.
-        if expect_continue and self._worker is None and not self._queue \
+        if expect_continue and self._parser.get_http_version() != "1.0" \
+                and self._worker is None and not self._queue \
                 and self._transport is not None and not self._parser.should_upgrade():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self._read_other += len(body)
         self._body_size += len(body)
         if self._body_size > self._server.max_body_bytes:
             raise self._too_large()
@@ -244,14 +247,12 @@ class _Connection(asyncio.Protocol):
         if parser.should_upgrade():  # llhttp completes the message before it says upgrade
             raise _Rejected(501, "upgrade", "upgrades and CONNECT are not supported")
         method = parser.get_method().decode("ascii", "replace")
-        # this request's head as sent: "METHOD URL HTTP/1.1\r\n", headers, "\r\n"
-        self._read_other += self._header_bytes + len(method) + 14
         request = InboundRequest(method, self._url.decode("latin-1"),
                                  CIMultiDict(self._headers), b"".join(self._body), self._peer)
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self._last_request = True
-        self._queue.append((request, keep_alive))
+        self._queue.append((request, keep_alive, parser.get_http_version() == "1.0"))
         if self._worker is None:
             self._worker = self._server.loop.create_task(self._answer())
         elif len(self._queue) > 16:
@@ -262,7 +263,7 @@ class _Connection(asyncio.Protocol):
         server = self._server
         try:
             while self._queue and not self._closing:
-                request, keep_alive = self._queue.popleft()
+                request, keep_alive, http10 = self._queue.popleft()
                 server.in_flight += 1
                 try:
                     reply = await server.handler(request)
@@ -275,7 +276,7 @@ class _Connection(asyncio.Protocol):
                 keep_alive = keep_alive and not server.closing and not last
                 # after the last answer, `finally` sends the rejection (if any) and closes
                 self._write(render_reply(reply, keep_alive=keep_alive,
-                                         head=request.method == "HEAD"),
+                                         head=request.method == "HEAD", http10=http10),
                             close=not keep_alive and not last)
                 if self._paused:
                     self._update_reading()

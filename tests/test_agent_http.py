@@ -6,8 +6,6 @@ No mocks and no timing assertions: every network wait is bounded by ``wait_for``
 generous timeout, so a hang fails the test instead of the suite. The tests marked
 ``@uvloop_too`` also run under uvloop (the agent daemon's default loop) through
 ``test_under_uvloop``; the rest run on the standard asyncio loop (pytest-asyncio).
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` describe what the modules should
-do and do not yet: when one starts passing, drop its mark.
 """
 
 from __future__ import annotations
@@ -480,9 +478,6 @@ async def test_expect_100_continue_gets_the_interim_answer_first() -> None:
         assert answer["body"] == "hello" and answer["headers"]["expect"] == "100-continue"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 100 Continue is sent whatever the request's "
-                   "version; RFC 9110 10.1.1: an expectation in an HTTP/1.0 request MUST be "
-                   "ignored")
 async def test_expect_100_continue_is_ignored_for_http10() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"POST /up HTTP/1.0\r\nContent-Length: 5\r\n"
@@ -835,6 +830,23 @@ async def test_reused_connection_closed_before_answering_is_retried_once() -> No
         assert (await forward(fwd, make_call(up, path="/3"))).body == b"conn2"
         assert up.accepted == 2
         assert [r.line.split()[1] for r in up.requests] == ["/1", "/2", "/2", "/3"]
+
+
+async def test_post_on_a_reused_connection_closed_before_answering_is_not_retried() -> None:
+    """A call that must not be sent twice is not retried: the node may have read it."""
+    async def script(up: Upstream, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, index: int) -> None:
+        await up.next_request(reader)
+        writer.write(ok(f"conn{index}".encode()))
+        await writer.drain()
+        await up.next_request(reader)  # then close without a byte of answer
+
+    async with Upstream(script) as up, forwarder() as fwd:
+        assert (await forward(fwd, make_call(up, method="POST", body=b"a"))).body == b"conn1"
+        with pytest.raises(UpstreamError) as info:
+            await forward(fwd, make_call(up, method="POST", body=b"b"))
+        assert info.value.error_class == "connection" and info.value.sent
+        assert up.accepted == 1 and len(up.requests) == 2
 
 
 @uvloop_too
@@ -1358,9 +1370,6 @@ async def test_stop_fails_a_call_waiting_for_a_connection_with_upstream_error() 
         assert isinstance(results[1], UpstreamError), repr(results[1])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _measure_head takes the head that began in a "
-                   "read as the read less bodies and earlier heads, but chunk framing is "
-                   "neither, so it is counted as head: a false 431")
 async def test_small_chunks_before_a_pipelined_head_do_not_count_as_head() -> None:
     """A read holding a chunked request of many small chunks, then the start of the next
     request's head: only that head counts against max_header_bytes."""
@@ -1375,9 +1384,6 @@ async def test_small_chunks_before_a_pipelined_head_do_not_count_as_head() -> No
         assert s.rejected == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a call whose reused connection stop() closed is "
-                   "retried: _connection/_connect do not check _started, so a new connection "
-                   "is opened after stop(), the call goes through, and it stays open")
 async def test_no_retry_on_a_new_connection_after_stop() -> None:
     got_second = asyncio.Event()
 
