@@ -443,23 +443,29 @@ class EtcdRegistryClient(BaseClient):
             if not _watch_ok(created) or not created.created:
                 raise RegistryUnavailable(f"etcd watch not created: {_watch_why(created)}")
             parse, apply = self._parse_key, self._apply
+            keys: dict[bytes, tuple[str, str]] = {}  # parsed keys (the same few recur)
             while True:
                 response = await call.read()
-                if not _watch_ok(response):
+                if response is _EOF or response.canceled or response.compact_revision:
                     raise RegistryUnavailable(f"etcd watch ended: {_watch_why(response)}")
                 dirty: dict[str, int] = {}
                 for event in response.events:
                     kv = event.kv
-                    parsed = parse(kv.key)
+                    key = kv.key
+                    parsed = keys.get(key)
                     if parsed is None:
-                        continue
+                        parsed = parse(key)
+                        if parsed is None:
+                            continue
+                        if len(keys) < 4096:
+                            keys[key] = parsed
                     name, rest = parsed
                     state = states.get(name)
                     if state is None:
                         state = states[name] = _ServiceState()
-                    apply(state, rest, kv.value if event.type == _PUT else None,
-                          kv.mod_revision)
-                    dirty[name] = kv.mod_revision  # events come in revision order
+                    revision = kv.mod_revision  # events come in revision order
+                    apply(state, rest, kv.value if event.type == _PUT else None, revision)
+                    dirty[name] = revision
                 for name in sorted(dirty) if len(dirty) > 1 else dirty:
                     emit(states[name].snapshot(name, dirty[name]))
         except rpc.AioRpcError as exc:
