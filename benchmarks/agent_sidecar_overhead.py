@@ -36,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.peers.process import process_tree_cpu_seconds  # noqa: E402
+
 UPSTREAM_CODE = """
 import sys
 from aiohttp import web
@@ -86,7 +88,12 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str, proc: subproces
 
 
 async def max_rps(session: aiohttp.ClientSession, url: str, seconds: float,
-                  concurrency: int) -> dict[str, float]:
+                  concurrency: int, pids: dict[str, int] | None = None) -> dict[str, float]:
+    """Closed-loop max rps; with ``pids``, also each process's CPU microseconds per call
+    (``load_generator`` is this process)."""
+    pids = pids or {}
+    cpu_before = {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+    lg_before = time.process_time()
     done = errors = 0
     stop_at = time.perf_counter() + seconds
 
@@ -106,7 +113,14 @@ async def max_rps(session: aiohttp.ClientSession, url: str, seconds: float,
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"rps": round(done / elapsed, 1), "errors": errors}
+    result: dict[str, float] = {"rps": round(done / elapsed, 1), "errors": errors}
+    calls = max(done + errors, 1)
+    result["cpu_us_per_call.load_generator"] = round(
+        (time.process_time() - lg_before) / calls * 1e6, 1)
+    for name, pid in pids.items():
+        result[f"cpu_us_per_call.{name}"] = round(
+            (process_tree_cpu_seconds(pid) - cpu_before[name]) / calls * 1e6, 1)
+    return result
 
 
 async def fixed_rate(session: aiohttp.ClientSession, url: str, seconds: float,
@@ -188,12 +202,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             await wait_healthy(session, pair, client_agent)  # the pair routes
             for url in (direct, pair):  # warm up connections and code paths
                 await max_rps(session, url, 2.0, args.concurrency)
+            pids = {"upstream": upstream.pid, "server_agent": server_agent.pid,
+                    "client_agent": client_agent.pid}
             rounds = []
             for _ in range(args.rounds):
                 row: dict[str, object] = {}
                 for name, url in (("direct", direct), ("pair", pair)):
                     row[f"{name}_max"] = await max_rps(session, url, args.seconds,
-                                                       args.concurrency)
+                                                       args.concurrency, pids)
                     await asyncio.sleep(1.0)
                     row[f"{name}_at_rate"] = await fixed_rate(session, url, args.seconds,
                                                               args.rate)
@@ -219,6 +235,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "pair_p50_ms": med("pair_at_rate", "p50_ms"),
         "direct_p99_ms": med("direct_at_rate", "p99_ms"),
         "pair_p99_ms": med("pair_at_rate", "p99_ms"),
+        "client_agent_cpu_us_per_call": med("pair_max", "cpu_us_per_call.client_agent"),
+        "server_agent_cpu_us_per_call": med("pair_max", "cpu_us_per_call.server_agent"),
+        "upstream_cpu_us_per_call": med("direct_max", "cpu_us_per_call.upstream"),
+        "load_generator_cpu_us_per_call": med("direct_max",
+                                              "cpu_us_per_call.load_generator"),
     }
     summary["added_p50_ms"] = round(summary["pair_p50_ms"] - summary["direct_p50_ms"], 3)
     summary["added_p99_ms"] = round(summary["pair_p99_ms"] - summary["direct_p99_ms"], 3)
