@@ -70,9 +70,12 @@ class CircuitBreaker:
         else:
             bucket = [second, 0.0, 0.0]
             self._buckets.append(bucket)
+            while self._buckets[0][0] <= now - self.window_seconds:
+                self._buckets.popleft()
         bucket[1] += 1
-        if not ok:
-            bucket[2] += 1
+        if ok:  # a success never opens the breaker: skip the sums
+            return
+        bucket[2] += 1
         while self._buckets and self._buckets[0][0] <= now - self.window_seconds:
             self._buckets.popleft()
         total = sum(b[1] for b in self._buckets)

@@ -266,10 +266,13 @@ class FailoverFilter:
         if not endpoints:
             call.error = "connection"
             return error_reply(503, f"no available node for service {call.service}")
-        rolling = self.rolling(call.service)
-        rolling.requests[1] += 1
         balancer = self._balancer(call.service)
         idempotent = call.method in IDEMPOTENT_METHODS
+        # The live p90 and the backup budget only matter where a backup can go elsewhere.
+        rolling = None
+        if config.backup_requests and len(endpoints) > 1:
+            rolling = self.rolling(call.service)
+            rolling.requests[1] += 1
         tried: set[str] = set()
         last: UpstreamError | None = None
         for attempt in range(config.max_attempts):
@@ -280,8 +283,7 @@ class FailoverFilter:
             if attempt:
                 self._ctx.metrics.failovers.labels(call.service).inc()
             try:
-                if (attempt == 0 and idempotent and config.backup_requests
-                        and len(endpoints) > 1):
+                if attempt == 0 and idempotent and rolling is not None:
                     reply, used = await self._hedged(call, node, endpoints, tried, next_,
                                                      rolling, balancer)
                 else:
@@ -295,7 +297,7 @@ class FailoverFilter:
                     continue
                 break
             call.node, call.error = used.node, used.error
-            if reply.status < 500:
+            if rolling is not None and reply.status < 500:
                 rolling.current.add((time.perf_counter() - call.started) * 1000.0)
             return reply
         call.error = last.error_class if last is not None else "connection"

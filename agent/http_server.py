@@ -91,7 +91,11 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = ""
         self._queue: deque[tuple[InboundRequest, bool, bool]] = deque()  # +keep-alive, 1.0
+        # One task per connection answers its requests in order; between requests it waits
+        # on `_wakeup` (cheaper than a task per request).
         self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._busy = False  # a request is being answered
         self._closing = False
         self._paused = False
         self._write_paused = False
@@ -127,7 +131,7 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The caller sent all it will send; answer what is complete, then close."""
         self._eof = True
-        if self._worker is None and not self._queue:
+        if not self._busy and not self._queue:
             self.close()
         return True  # keep the transport open for the answers still owed
 
@@ -228,7 +232,7 @@ class _Connection(asyncio.Protocol):
         # Invite the body only when no earlier answer is owed (an interim answer must not
         # overtake them); a caller not invited sends its body after its own short wait.
         if expect_continue and self._parser.get_http_version() != "1.0" \
-                and self._worker is None and not self._queue \
+                and not self._busy and not self._queue \
                 and self._transport is not None and not self._parser.should_upgrade():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -253,7 +257,12 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._last_request = True
         self._queue.append((request, keep_alive, parser.get_http_version() == "1.0"))
-        if self._worker is None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self._worker is None:
             self._worker = self._server.loop.create_task(self._answer())
         elif len(self._queue) > 16:
             self._update_reading()
@@ -262,8 +271,15 @@ class _Connection(asyncio.Protocol):
     async def _answer(self) -> None:
         server = self._server
         try:
-            while self._queue and not self._closing:
+            while not self._closing:
+                if not self._queue:
+                    if self._final is not None or self._eof:
+                        break
+                    self._wakeup = server.loop.create_future()
+                    await self._wakeup
+                    continue
                 request, keep_alive, http10 = self._queue.popleft()
+                self._busy = True
                 server.in_flight += 1
                 try:
                     reply = await server.handler(request)
@@ -272,6 +288,8 @@ class _Connection(asyncio.Protocol):
                     reply = error_reply(500, "internal error in the agent")
                 finally:
                     server.in_flight -= 1
+                    self._busy = False
+                    server.request_done()
                 last = self._final is not None or (self._eof and not self._queue)
                 keep_alive = keep_alive and not server.closing and not last
                 # after the last answer, `finally` sends the rejection (if any) and closes
@@ -282,7 +300,7 @@ class _Connection(asyncio.Protocol):
                     self._update_reading()
         finally:
             self._worker = None
-            server.request_done()
+            self._wakeup = None
             if self._final is not None:
                 self._write(self._final, close=True)
             elif self._eof and not self._queue:
@@ -304,13 +322,13 @@ class _Connection(asyncio.Protocol):
         self._final = render_reply(error_reply(status, message), keep_alive=False)
         if self._transport is not None:
             self._transport.pause_reading()
-        if self._worker is None:
+        if not self._busy and not self._queue:  # else the worker sends it after them
             self._write(self._final, close=True)
 
     # -- for the server ----------------------------------------------------------------
     @property
     def idle(self) -> bool:
-        return self._worker is None and not self._queue
+        return not self._busy and not self._queue
 
     def close(self) -> None:
         self._closing = True
