@@ -104,6 +104,11 @@ class AccessLogFilter:
     def __init__(self, ctx: FilterContext) -> None:
         self._ctx = ctx
 
+    @staticmethod
+    def enabled() -> bool:
+        """Whether access lines would be written at all (checked when the chain is built)."""
+        return access_log.isEnabledFor(logging.INFO)
+
     async def handle(self, call: Call, next_: Next) -> Reply:
         reply = await next_(call)
         if not access_log.isEnabledFor(logging.INFO):
@@ -275,8 +280,12 @@ class FailoverFilter:
             rolling.requests[1] += 1
         tried: set[str] = set()
         last: UpstreamError | None = None
+        single = len(endpoints) == 1
         for attempt in range(config.max_attempts):
-            node = balancer.pick(endpoints, tried)
+            if single:  # the common server-side case: nothing to balance
+                node = None if tried else endpoints[0]
+            else:
+                node = balancer.pick(endpoints, tried)
             if node is None:
                 break
             tried.add(node.id)
@@ -286,8 +295,8 @@ class FailoverFilter:
                 if attempt == 0 and idempotent and rolling is not None:
                     reply, used = await self._hedged(call, node, endpoints, tried, next_,
                                                      rolling, balancer)
-                else:
-                    reply, used = await self._attempt(call, node, next_)
+                else:  # one attempt at a time: the call itself goes, no copy
+                    reply, used = await self._attempt(call, node, next_, copy=False)
             except UpstreamError as exc:
                 last = exc
                 if not isinstance(exc, NodeUnavailable):
@@ -306,11 +315,16 @@ class FailoverFilter:
         status = 504 if last.error_class == "timeout" else 502
         return error_reply(status, f"service {call.service}: {last}")
 
-    async def _attempt(self, call: Call, node: Endpoint, next_: Next) -> tuple[Reply, Call]:
+    async def _attempt(self, call: Call, node: Endpoint, next_: Next, *,
+                       copy: bool = True) -> tuple[Reply, Call]:
         active = self._ctx.active_per_node
         active[node.id] = active.get(node.id, 0) + 1
         call.attempts += 1
-        sub = call.for_node(node)
+        if copy:  # attempts that may run side by side (hedging) each get their own
+            sub = call.for_node(node)
+        else:
+            sub = call
+            call.node, call.error = node, None
         try:
             return await next_(sub), sub
         finally:
@@ -449,9 +463,14 @@ def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
     """A callable running ``filters`` in order around ``terminal``.
 
     Each link is a ``partial`` of the filter's ``handle``: calling it starts the filter's
-    own coroutine, with no wrapper coroutine per link (the chain runs on every call).
+    own coroutine, with no wrapper coroutine per link (the chain runs on every call). A
+    filter whose ``enabled()`` says False when the chain is built (the access log at a log
+    level above info) is left out.
     """
     handler = terminal
     for f in reversed(filters):
+        enabled = getattr(f, "enabled", None)
+        if callable(enabled) and not enabled():
+            continue
         handler = functools.partial(f.handle, next_=handler)
     return handler

@@ -25,6 +25,7 @@ HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
 
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 _IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
 # A call that must not be sent twice is never retried, so it only takes a connection that
 # was busy very recently (servers close idle keep-alive connections after 2 s or more).
@@ -57,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self._head = False
         self._answered = False
         self._headers_done = False
+        self._framed = False  # the answer has Content-Length or Transfer-Encoding
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._size = 0
@@ -102,6 +104,11 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in _HOP_BY_HOP_BYTES:  # not passed on; framing headers noted
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                self._framed = True
+            return
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -133,6 +140,7 @@ class _Connection(asyncio.Protocol):
         self._head = head
         self._answered = False
         self._headers_done = False
+        self._framed = False
         self._headers = []
         self._body = []
         self._size = 0
@@ -141,8 +149,7 @@ class _Connection(asyncio.Protocol):
         return self._waiter
 
     def _close_delimited(self) -> bool:
-        names = {name.lower() for name, _ in self._headers}
-        return "content-length" not in names and "transfer-encoding" not in names
+        return not self._framed
 
     def _finish(self) -> None:
         waiter = self._waiter
@@ -152,9 +159,9 @@ class _Connection(asyncio.Protocol):
         if status < 200:  # 1xx: an interim answer; the real one follows
             self._headers = []
             self._headers_done = False
+            self._framed = False
             return
-        headers = CIMultiDict([(k, v) for k, v in self._headers
-                               if k.lower() not in HOP_BY_HOP])
+        headers = CIMultiDict(self._headers)  # hop-by-hop ones were left out
         waiter.set_result(Reply(status, headers, b"".join(self._body)))
 
     def _fail(self, error: _Failed) -> None:
@@ -350,8 +357,12 @@ class Forwarder:
         return False
 
     def _release(self, conn: _Connection) -> None:
-        self._idle.setdefault(conn.address, deque()).append(conn)
-        self._wake()
+        idle = self._idle.get(conn.address)
+        if idle is None:
+            idle = self._idle[conn.address] = deque()
+        idle.append(conn)
+        if self._waiters:
+            self._wake()
 
     def _forget(self, conn: _Connection) -> None:
         self._open.discard(conn)

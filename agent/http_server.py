@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
@@ -35,17 +35,24 @@ __all__ = ["InboundRequest", "HttpServer", "render_reply"]
 log = logging.getLogger("tidemark.agent.http")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_WATCHED = frozenset({b"content-length", b"expect"})  # headers the server itself obeys
 
 
 @dataclass(slots=True)
 class InboundRequest:
-    """A complete request as received: target as sent (``raw_path``), headers, body."""
+    """A complete request as received: target as sent (``raw_path``), headers, body.
+
+    Headers the server was told to set apart (``HttpServer(set_apart=...)``, e.g. the
+    hop-by-hop ones a proxy must not forward) are in ``apart``, by lower-case name, and
+    not in ``headers``.
+    """
 
     method: str
     raw_path: str
     headers: CIMultiDict[str]
     body: bytes
     peer: str
+    apart: dict[str, str]
 
 
 Handler = Callable[[InboundRequest], Awaitable[Reply]]
@@ -58,8 +65,9 @@ def render_reply(reply: Reply, *, keep_alive: bool, head: bool = False,
     ``http10``: the request was HTTP/1.0, whose keep-alive must be confirmed."""
     status = reply.status
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-    for name, value in reply.headers.items():
-        lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    if reply.headers:
+        lines.append("".join([f"{name}: {value}\r\n" for name, value in reply.headers.items()])
+                     .encode("latin-1", "replace"))
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     elif http10:
@@ -109,6 +117,8 @@ class _Connection(asyncio.Protocol):
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[str, str]] = []
+        self._apart: dict[str, str] = {}
+        self._expect_continue = False
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
@@ -198,6 +208,8 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._url = b""
         self._headers = []
+        self._apart = {}
+        self._expect_continue = False
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
@@ -207,8 +219,20 @@ class _Connection(asyncio.Protocol):
         self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
+        if size > self._server.max_header_bytes:
+            raise self._headers_too_large()
+        lower = name.lower()
+        if lower in _WATCHED:
+            if lower == b"content-length" and value.isdigit() \
+                    and int(value) > self._server.max_body_bytes:
+                raise self._too_large()
+            if lower == b"expect" and value.lower() == b"100-continue":
+                self._expect_continue = True
+        if lower in self._server.set_apart:
+            self._apart[lower.decode("latin-1")] = value.decode("latin-1")
+        else:
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size
@@ -221,17 +245,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        expect_continue = False
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == "content-length" and value.isdigit() \
-                    and int(value) > self._server.max_body_bytes:
-                raise self._too_large()
-            if lower == "expect" and value.lower() == "100-continue":
-                expect_continue = True
         # Invite the body only when no earlier answer is owed (an interim answer must not
         # overtake them); a caller not invited sends its body after its own short wait.
-        if expect_continue and self._parser.get_http_version() != "1.0" \
+        if self._expect_continue and self._parser.get_http_version() != "1.0" \
                 and not self._busy and not self._queue \
                 and self._transport is not None and not self._parser.should_upgrade():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -252,7 +268,8 @@ class _Connection(asyncio.Protocol):
             raise _Rejected(501, "upgrade", "upgrades and CONNECT are not supported")
         method = parser.get_method().decode("ascii", "replace")
         request = InboundRequest(method, self._url.decode("latin-1"),
-                                 CIMultiDict(self._headers), b"".join(self._body), self._peer)
+                                 CIMultiDict(self._headers), b"".join(self._body), self._peer,
+                                 self._apart)
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self._last_request = True
@@ -289,7 +306,8 @@ class _Connection(asyncio.Protocol):
                 finally:
                     server.in_flight -= 1
                     self._busy = False
-                    server.request_done()
+                    if server.draining is not None and not server.in_flight:
+                        server.draining.set()
                 last = self._final is not None or (self._eof and not self._queue)
                 keep_alive = keep_alive and not server.closing and not last
                 # after the last answer, `finally` sends the rejection (if any) and closes
@@ -345,8 +363,10 @@ class HttpServer:
 
     def __init__(self, handler: Handler, *, max_header_bytes: int, max_body_bytes: int,
                  idle_timeout_seconds: float = 60.0,
-                 on_rejected: Callable[[str], None] = lambda reason: None) -> None:
+                 on_rejected: Callable[[str], None] = lambda reason: None,
+                 set_apart: Iterable[str] = ()) -> None:
         self.handler = handler
+        self.set_apart = frozenset(name.lower().encode("latin-1") for name in set_apart)
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.idle_timeout_seconds = idle_timeout_seconds
@@ -358,7 +378,7 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # start()
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._drained: asyncio.Event | None = None
+        self.draining: asyncio.Event | None = None  # set when the last call in flight ends
 
     async def start(self, host: str, port: int) -> None:
         # Kept: asyncio.get_running_loop() makes a getpid() system call every time.
@@ -379,10 +399,6 @@ class HttpServer:
                 conn.close()
         self._sweeper = self.loop.call_later(self._sweep_every(), self._sweep)
 
-    def request_done(self) -> None:
-        if self._drained is not None and self.in_flight == 0:
-            self._drained.set()
-
     async def stop(self, timeout: float) -> None:
         self.closing = True
         if self._sweeper is not None:
@@ -393,9 +409,9 @@ class HttpServer:
             if conn.idle:
                 conn.close()
         if self.in_flight:
-            self._drained = asyncio.Event()
+            self.draining = asyncio.Event()
             try:
-                await asyncio.wait_for(self._drained.wait(), timeout)
+                await asyncio.wait_for(self.draining.wait(), timeout)
             except TimeoutError:
                 log.warning("closing connections with calls in flight",
                             extra={"in_flight": self.in_flight})

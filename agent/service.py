@@ -43,7 +43,8 @@ log = logging.getLogger("tidemark.agent")
 RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
 _CALLER_HEADER = "X-Tidemark-Caller"
 _DEGRADE_SWITCHES = ("degraded", "degrade")
-_DROP_HEADERS = HOP_BY_HOP | {_CALLER_HEADER.lower()}
+_CALLER_LOWER = _CALLER_HEADER.lower()
+_DROP_HEADERS = HOP_BY_HOP | {_CALLER_LOWER}
 
 
 class AgentService:
@@ -84,6 +85,9 @@ class AgentService:
             (Endpoint(self._node_id(), upstream_host_port, config.idc, 1.0),)
             if upstream_host_port else ())
         self.directory: ServiceDirectory | None = None
+        self._default_caller = config.caller or config.service
+        if not NAME_PATTERN.fullmatch(self._default_caller):
+            raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
         self._degrade_cache: dict[str, tuple[ServiceView, DegradeState]] = {}
         self._filter_ctx = FilterContext(
@@ -113,7 +117,8 @@ class AgentService:
             self._handle, max_header_bytes=config.max_header_bytes,
             max_body_bytes=config.max_body_bytes,
             idle_timeout_seconds=config.idle_timeout_seconds,
-            on_rejected=lambda reason: self.agent_metrics.bad_requests.labels(reason).inc())
+            on_rejected=lambda reason: self.agent_metrics.bad_requests.labels(reason).inc(),
+            set_apart=_DROP_HEADERS)
         host, port = config.listen_host_port
         await self._server.start(host, port)
         self.port = self._server.port
@@ -211,7 +216,7 @@ class AgentService:
             raise ValueError("request target must be an absolute path")
         if self.config.is_server_side:
             return self.config.service, raw
-        host = (request.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        host = (request.apart.get("host") or "").rsplit(":", 1)[0].strip("[]")
         if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) \
                 and host != "localhost":
             return host, raw
@@ -244,9 +249,11 @@ class AgentService:
         except ValueError as exc:
             self.agent_metrics.bad_requests.labels("route").inc()
             return error_reply(400, str(exc))
-        headers = request.headers
-        caller = headers.get(_CALLER_HEADER) or self.config.caller or self.config.service
-        if not NAME_PATTERN.fullmatch(caller):
+        headers = request.headers  # without hop-by-hop ones (set apart by the server)
+        caller = request.apart.get(_CALLER_LOWER)
+        if not caller:
+            caller = self._default_caller
+        elif not NAME_PATTERN.fullmatch(caller):
             self.agent_metrics.bad_requests.labels("caller").inc()
             return error_reply(400, f"bad {_CALLER_HEADER} header")
         if not self.config.is_server_side and self.directory is not None:
@@ -255,8 +262,6 @@ class AgentService:
             except TooManyServices as exc:
                 self.agent_metrics.bad_requests.labels("too_many_services").inc()
                 return error_reply(503, str(exc))
-        for name in [k for k in headers if k.lower() in _DROP_HEADERS]:
-            headers.popall(name, None)
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
                     body=request.body, caller=caller)
         try:

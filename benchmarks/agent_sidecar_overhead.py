@@ -10,8 +10,12 @@ collector. The load generator (aiohttp, this process) measures:
   request's scheduled send time, so a stall is not hidden) for ``--seconds``: p50, p99.
 
 Direct and pair runs alternate for ``--rounds`` rounds; the report gives every round and
-the medians. Usage: .venv/bin/python benchmarks/agent_sidecar_overhead.py [--seconds 10]
-[--rate 1000] [--concurrency 32] [--rounds 2]
+the medians, and each process's CPU microseconds per call in the max-rps runs. With
+``--floor`` a third arm runs the same load through a pair of minimal Python proxies
+(``benchmarks/minimal_proxy.py``: uvloop + httptools, a task per request, nothing else),
+the floor for any Python sidecar on this machine. Usage:
+.venv/bin/python benchmarks/agent_sidecar_overhead.py [--seconds 10] [--rate 1000]
+[--concurrency 32] [--rounds 2] [--floor]
 """
 
 from __future__ import annotations
@@ -176,7 +180,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         return proc
 
     sink = start_sink()
-    reg_port, up_port, server_port, client_port = (free_port() for _ in range(4))
+    reg_port, up_port, server_port, client_port, floor_in, floor_out = (
+        free_port() for _ in range(6))
     try:
         registry = spawn("-m", "tidemark", "registry", "--data-dir", str(tmp / "registry"),
                          "--http-port", str(reg_port), "--log-level", "warning",
@@ -194,20 +199,33 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             client_agent = spawn("-m", "tidemark", "agent", "--service", "bench", *common,
                                  "--listen", f"127.0.0.1:{client_port}", "--data-dir",
                                  str(tmp / "client-agent"), log="client-agent.log")
+            floor_procs = []
+            if args.floor:
+                floor_procs = [
+                    spawn(str(REPO_ROOT / "benchmarks" / "minimal_proxy.py"), str(floor_out),
+                          str(up_port), log="floor-out.log"),
+                    spawn(str(REPO_ROOT / "benchmarks" / "minimal_proxy.py"), str(floor_in),
+                          str(floor_out), log="floor-in.log")]
             await wait_healthy(session, f"http://127.0.0.1:{server_port}/healthz", server_agent)
             await wait_healthy(session, f"http://127.0.0.1:{client_port}/healthz", client_agent)
             direct = f"http://127.0.0.1:{up_port}/hello"
             pair = f"http://127.0.0.1:{client_port}/hello/hello"
             await wait_healthy(session, direct, upstream)
             await wait_healthy(session, pair, client_agent)  # the pair routes
-            for url in (direct, pair):  # warm up connections and code paths
+            arms = [("direct", direct), ("pair", pair)]
+            if floor_procs:
+                floor = f"http://127.0.0.1:{floor_in}/hello"
+                await wait_healthy(session, floor, floor_procs[1])
+                arms.append(("floor", floor))
+            for _, url in arms:  # warm up connections and code paths
                 await max_rps(session, url, 2.0, args.concurrency)
             pids = {"upstream": upstream.pid, "server_agent": server_agent.pid,
                     "client_agent": client_agent.pid}
+            pids.update({f"floor_{i}": p.pid for i, p in enumerate(floor_procs)})
             rounds = []
             for _ in range(args.rounds):
                 row: dict[str, object] = {}
-                for name, url in (("direct", direct), ("pair", pair)):
+                for name, url in arms:
                     row[f"{name}_max"] = await max_rps(session, url, args.seconds,
                                                        args.concurrency, pids)
                     await asyncio.sleep(1.0)
@@ -241,6 +259,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "load_generator_cpu_us_per_call": med("direct_max",
                                               "cpu_us_per_call.load_generator"),
     }
+    if args.floor:
+        summary["floor_max_rps"] = med("floor_max", "rps")
+        summary["floor_over_direct_max_rps"] = round(
+            med("floor_max", "rps") / med("direct_max", "rps"), 3)
+        summary["floor_proxy_cpu_us_per_call"] = med("floor_max", "cpu_us_per_call.floor_0")
     summary["added_p50_ms"] = round(summary["pair_p50_ms"] - summary["direct_p50_ms"], 3)
     summary["added_p99_ms"] = round(summary["pair_p99_ms"] - summary["direct_p99_ms"], 3)
     return {"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
@@ -253,6 +276,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--floor", action="store_true",
+                        help="also run a pair of minimal Python proxies "
+                             "(benchmarks/minimal_proxy.py) as the floor")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
     return 0
