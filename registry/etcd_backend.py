@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,14 @@ class _Seen:
     history: list[Command] | None
 
 
+class _EndpointDown(Exception):
+    """The etcd endpoint in use did not answer (``cause`` says how): try another."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class EtcdRegistryClient(BaseClient):
     """The registry on etcd v3: leases for TTLs, transactions for commands, watches."""
 
@@ -165,8 +173,9 @@ class EtcdRegistryClient(BaseClient):
                     pass
         return RegistryUnavailable(f"etcd: {type(exc).__name__}: {exc}")
 
-    async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one aetcd call; on a connection failure try each other endpoint once."""
+    async def _on_any_endpoint(self, run: Callable[[aetcd.Client], Awaitable[Any]]) -> Any:
+        """``run(client)``; when it raises :class:`_EndpointDown`, drop that connection and
+        try each other endpoint once."""
         error: RegistryUnavailable | None = None
         for _ in range(len(self._endpoints)):
             try:
@@ -174,44 +183,44 @@ class EtcdRegistryClient(BaseClient):
             except RegistryUnavailable as exc:
                 error = exc
                 continue
+            try:
+                return await run(client)
+            except _EndpointDown as down:
+                error = await self._failed(client, down.cause)
+                error.__cause__ = down.cause
+        assert error is not None
+        raise error
+
+    async def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one aetcd call; on a connection failure try each other endpoint once."""
+        async def run(client: aetcd.Client) -> Any:
             try:
                 return await getattr(client, op)(*args, **kwargs)
             except aetcd.exceptions.InvalidArgumentError as exc:
                 raise ValueError(f"etcd rejected {op}: {exc}") from exc
             except _UNREACHABLE as exc:
-                error = await self._failed(client, exc)
-                error.__cause__ = exc
+                raise _EndpointDown(exc) from exc
             except aetcd.exceptions.ClientError as exc:
                 if "not found" in str(exc):  # e.g. "requested lease not found"
                     raise NotFound(f"etcd {op}: {exc}") from exc
                 raise RegistryError(f"etcd {op}: {exc}") from exc
-        assert error is not None
-        raise error
+        return await self._on_any_endpoint(run)
 
     async def _kv(self, method: str, request: Any) -> Any:
         """One call on etcd's KV service with a request built here (``Txn``), skipping
         aetcd's wrappers; fails over like :meth:`_call`."""
-        error: RegistryUnavailable | None = None
-        for _ in range(len(self._endpoints)):
-            try:
-                client = await self._etcd()
-            except RegistryUnavailable as exc:
-                error = exc
-                continue
+        async def run(client: aetcd.Client) -> Any:
             try:
                 return await getattr(client.kvstub, method)(request, timeout=self._timeout,
                                                             metadata=client.metadata)
             except rpc.AioRpcError as exc:
                 code = exc.code()
                 if code in _UNREACHABLE_CODES:
-                    error = await self._failed(client, exc)
-                    error.__cause__ = exc
-                    continue
+                    raise _EndpointDown(exc) from exc
                 if code == rpc.StatusCode.INVALID_ARGUMENT:
                     raise ValueError(f"etcd rejected {method}: {exc.details()}") from exc
                 raise RegistryError(f"etcd {method}: {code.name}: {exc.details()}") from exc
-        assert error is not None
-        raise error
+        return await self._on_any_endpoint(run)
 
     async def start(self) -> None:
         """Connect to the first endpoint that answers."""
