@@ -53,7 +53,7 @@ bench: venv bench-peers
 	$(PY) benchmarks/collector_render.py
 	$(PY) benchmarks/agent_recording_cost.py
 	$(PY) benchmarks/agent_p999_accuracy.py
-	$(PY) benchmarks/agent_sidecar_overhead.py
+	$(PY) benchmarks/agent_sidecar_overhead.py --rounds 3 --floor
 	$(PY) benchmarks/agent_registry_reaction.py
 	$(PY) benchmarks/registry_propagation.py
 	$(PY) benchmarks/forecast_m4.py
