@@ -32,6 +32,8 @@ class CircuitBreaker:
         self._clock = clock
         self.state = CLOSED
         self._buckets: collections.deque[list[float]] = collections.deque()  # [sec, n, errors]
+        self._total = 0.0  # calls and errors over the buckets, kept as they come and go
+        self._errors = 0.0
         self._opened_at = 0.0
         self._probe_in_flight = False
         self.opened_count = 0
@@ -58,29 +60,29 @@ class CircuitBreaker:
             self._probe_in_flight = False
             if ok:
                 self.state = CLOSED
-                self._buckets.clear()
+                self._clear()
             else:
                 self._open(now)
             return
         if self.state == OPEN:
             return
+        buckets = self._buckets
         second = float(int(now))
-        if self._buckets and self._buckets[-1][0] == second:
-            bucket = self._buckets[-1]
+        if buckets and buckets[-1][0] == second:
+            bucket = buckets[-1]
         else:
             bucket = [second, 0.0, 0.0]
-            self._buckets.append(bucket)
-            while self._buckets[0][0] <= now - self.window_seconds:
-                self._buckets.popleft()
+            buckets.append(bucket)
+        while buckets[0][0] <= now - self.window_seconds and buckets[0] is not bucket:
+            old = buckets.popleft()
+            self._total -= old[1]
+            self._errors -= old[2]
         bucket[1] += 1
-        if ok:  # a success never opens the breaker: skip the sums
-            return
-        bucket[2] += 1
-        while self._buckets and self._buckets[0][0] <= now - self.window_seconds:
-            self._buckets.popleft()
-        total = sum(b[1] for b in self._buckets)
-        errors = sum(b[2] for b in self._buckets)
-        if total >= self.min_requests and errors / total >= self.error_ratio:
+        self._total += 1
+        if not ok:
+            bucket[2] += 1
+            self._errors += 1
+        if self._total >= self.min_requests and self._errors / self._total >= self.error_ratio:
             self._open(now)
 
     def release(self) -> None:
@@ -91,5 +93,9 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self.state = OPEN
         self._opened_at = now
-        self._buckets.clear()
+        self._clear()
         self.opened_count += 1
+
+    def _clear(self) -> None:
+        self._buckets.clear()
+        self._total = self._errors = 0.0

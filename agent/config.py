@@ -53,7 +53,8 @@ class AgentConfig:
     max_active: int = 1000
     max_body_bytes: int = 1 << 20
     max_response_bytes: int = 16 << 20
-    max_header_bytes: int = 8190
+    max_header_bytes: int = 32768  # request line + headers (+ trailers) in all
+    max_inbound_connections: int = 10_000
     max_services: int = 256
     max_connections: int = 1000
     idle_timeout_seconds: float = 60.0  # inbound connections idle (or stalled) this long close

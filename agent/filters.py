@@ -10,13 +10,13 @@ named ``package.module:ClassName``; its constructor takes the :class:`FilterCont
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.balancer import Balancer, Endpoint, make_balancer
@@ -174,8 +174,11 @@ class SwitcherFilter:
             return error_reply(state.fallback_status,
                                f"service {call.service} is degraded: {reason}", **headers)
         if state is not None and state.switches:
-            call.headers = {**call.headers, "X-Tidemark-Switches": ",".join(
-                f"{name}={'on' if on else 'off'}" for name, on in state.switches)}
+            forwarded = CIMultiDict(call.headers)  # repeated headers (Cookie) stay repeated
+            forwarded.popall("X-Tidemark-Switches", None)  # only the registry's word counts
+            forwarded.add("X-Tidemark-Switches", ",".join(
+                f"{name}={'on' if on else 'off'}" for name, on in state.switches))
+            call.headers = forwarded
         return await next_(call)
 
 
@@ -462,8 +465,8 @@ def build_chain(names: Sequence[str], ctx: FilterContext) -> list[Filter]:
 def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
     """A callable running ``filters`` in order around ``terminal``.
 
-    Each link is a ``partial`` of the filter's ``handle``: calling it starts the filter's
-    own coroutine, with no wrapper coroutine per link (the chain runs on every call). A
+    Each link calls the filter's ``handle(call, next_)`` directly and returns its
+    coroutine, with no wrapper coroutine per link (the chain runs on every call). A
     filter whose ``enabled()`` says False when the chain is built (the access log at a log
     level above info) is left out.
     """
@@ -472,5 +475,19 @@ def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
         enabled = getattr(f, "enabled", None)
         if callable(enabled) and not enabled():
             continue
-        handler = functools.partial(f.handle, next_=handler)
+        handler = _Link(f.handle, handler)
     return handler
+
+
+class _Link:
+    """``handle(call, next_)`` with ``next_`` bound (positionally: user filters may name
+    their second parameter as they like)."""
+
+    __slots__ = ("_handle", "_next")
+
+    def __init__(self, handle: Callable[[Call, Next], Awaitable[Reply]], next_: Next) -> None:
+        self._handle = handle
+        self._next = next_
+
+    def __call__(self, call: Call) -> Awaitable[Reply]:
+        return self._handle(call, self._next)

@@ -26,6 +26,7 @@ HOP_BY_HOP = frozenset({
 })
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+_MAX_RESPONSE_HEAD = 65536  # status line, headers, chunk framing and trailers of an answer
 _IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
 # A call that must not be sent twice is never retried, so it only takes a connection that
 # was busy very recently (servers close idle keep-alive connections after 2 s or more).
@@ -59,6 +60,8 @@ class _Connection(asyncio.Protocol):
         self._answered = False
         self._headers_done = False
         self._framed = False  # the answer has Content-Length or Transfer-Encoding
+        self._received = 0  # bytes of the current answer, body and all
+        self._chunks = 0
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._size = 0
@@ -86,12 +89,22 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:  # a node talking out of turn: do not reuse
             self.close()
             return
+        self._received += len(data)
         try:
             self._parser.feed_data(data)
+            # What is not body (status line, headers, chunk sizes, trailers) is bounded too;
+            # httptools buffers a header line whole, so it is measured here, per read.
+            if self._received - self._size > _MAX_RESPONSE_HEAD + 16 * self._chunks:
+                raise _Failed(f"answered a head (or chunk framing) over {_MAX_RESPONSE_HEAD} "
+                              "bytes", answered=True, error_class="5xx")
+        except _Failed as exc:
+            self._fail(exc)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self._fail(cause if isinstance(cause, _Failed) else _Failed(str(cause or exc),
                                                                           answered=True))
+        except httptools.HttpParserUpgrade:
+            self._fail(_Failed("answered with a protocol upgrade", answered=True))
         except httptools.HttpParserError as exc:
             self._fail(_Failed(f"malformed response: {exc}", answered=True))
 
@@ -104,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:  # a trailer: not passed on
+            return
         lower = name.lower()
         if lower in _HOP_BY_HOP_BYTES:  # not passed on; framing headers noted
             if lower == b"content-length" or lower == b"transfer-encoding":
@@ -118,6 +133,7 @@ class _Connection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
+        self._chunks += 1
         self._size += len(body)
         if self._size > self._limit:
             raise _Failed(f"answered more than max_response_bytes={self._limit}",
@@ -144,6 +160,8 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._size = 0
+        self._received = 0
+        self._chunks = 0
         self._limit = limit
         self.transport.write(request)
         return self._waiter
@@ -255,7 +273,8 @@ class Forwarder:
         deadline = loop.time() + self._timeout
         idempotent = call.method in IDEMPOTENT_METHODS
         for retry in (idempotent, False):
-            conn, reused = await self._connection(node.address, node.id, deadline, idempotent)
+            conn, reused = await self._connection(node.address, node.id, deadline, idempotent,
+                                                  fresh=not retry and idempotent)
             future = conn.send(request, head=head, limit=self._max_response, deadline=deadline)
             try:
                 return await future
@@ -286,14 +305,20 @@ class Forwarder:
         if body or call.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("latin-1", "replace") + body
+        head = "".join(lines)
+        breaks = len(lines) + 1  # the request line and Host share the first piece
+        if head.count("\n") != breaks or head.count("\r") != breaks:
+            raise ValueError("a filter put a line break into the request line or a header")
+        return head.encode("latin-1", "replace") + body
 
     # -- the pool ----------------------------------------------------------------------
     async def _connection(self, address: str, node_id: str, deadline: float,
-                          idempotent: bool) -> tuple[_Connection, bool]:
+                          idempotent: bool, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection to ``address``: the most recently used idle one (unless ``fresh``),
+        else a new one, waiting (until ``deadline``) while ``max_connections`` are open."""
         if not self._started:
             raise UpstreamError("connection", "the agent is stopping", sent=False)
-        idle = self._idle.get(address)
+        idle = None if fresh else self._idle.get(address)
         now = time.monotonic()
         max_idle = _IDLE_SECONDS if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
         while idle:
@@ -310,14 +335,18 @@ class Forwarder:
             if not self._close_one_idle():
                 waiter = asyncio.get_running_loop().create_future()
                 self._waiters.append(waiter)
-                try:
-                    await asyncio.wait_for(waiter, max(0.0, deadline - asyncio.get_running_loop()
-                                                       .time()))
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout_at(deadline):
+                        await waiter
                 except TimeoutError:
                     raise UpstreamError("timeout", f"no free connection to node {node_id} "
                                         f"(max_connections={self._max_connections})",
                                         sent=False) from None
-                idle = self._idle.get(address)
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake()  # we were woken for a free slot: pass it on
+                    raise
+                idle = None if fresh else self._idle.get(address)
                 if idle:
                     return idle.pop(), True
         return await self._connect(address, node_id), False
@@ -328,9 +357,8 @@ class Forwarder:
         conn = _Connection(self, address)
         self._open.add(conn)
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: conn, host.strip("[]"), int(port)),
-                self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(lambda: conn, host.strip("[]"), int(port))
         except (OSError, TimeoutError, ValueError) as exc:
             self._open.discard(conn)
             self._wake()

@@ -36,6 +36,7 @@ log = logging.getLogger("tidemark.agent.http")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _WATCHED = frozenset({b"content-length", b"expect"})  # headers the server itself obeys
+_SLICE = 16384  # bytes fed to the parser at a time
 
 
 @dataclass(slots=True)
@@ -112,6 +113,11 @@ class _Connection(asyncio.Protocol):
         self._in_head = False  # between the start of a request and the end of its headers
         self._head_bytes = 0  # bytes of the current head so far, as measured per read
         self._began_in_read = False  # a request started within the current read
+        self._in_body = False  # between the end of the headers and the end of the request
+        self._read_body = 0  # body bytes handed over during the current read
+        self._framing = 0  # bytes of the body phase that were not body (chunk sizes, trailers)
+        self._chunks = 0
+        self._backlog = b""  # bytes not fed to the parser while too many requests wait
         self._last_request = False  # a request said Connection: close; ignore the rest
         self.last_active = time.monotonic()
         # the request being parsed
@@ -128,6 +134,13 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        if len(self._server.connections) >= self._server.max_connections:
+            self._server.on_rejected("too_many_connections")
+            self._final = render_reply(error_reply(
+                503, f"too many connections (max_connections={self._server.max_connections})"),
+                keep_alive=False)
+            self._write(self._final, close=True)
+            return
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,14 +159,35 @@ class _Connection(asyncio.Protocol):
         return True  # keep the transport open for the answers still owed
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._final is not None or self._last_request:
-            return
         self.last_active = time.monotonic()
+        if self._backlog:  # reading is paused; this is what was already on its way
+            self._backlog += data
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Feed ``data`` to the parser in slices; once more than 16 requests wait, keep
+        the rest for later (so one large read of tiny pipelined requests cannot queue
+        thousands of them)."""
+        for start in range(0, len(data), _SLICE):
+            if self._closing or self._final is not None or self._last_request:
+                return
+            if len(self._queue) > 16:
+                self._backlog = data[start:]
+                self._update_reading()
+                return
+            self._feed(data[start:start + _SLICE] if len(data) > _SLICE else data)
+
+    def _feed(self, data: bytes) -> None:
         self._began_in_read = False
+        in_body = self._in_body
+        self._read_body = 0
         try:
             self._parser.feed_data(data)
             if self._in_head:
                 self._measure_head(len(data))
+            elif in_body and self._in_body and not self._began_in_read:
+                self._measure_framing(len(data))
         except _Rejected as exc:
             self._reject(exc.status, exc.reason, str(exc))
         except httptools.HttpParserCallbackError as exc:
@@ -182,6 +216,15 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > self._server.max_header_bytes:
             raise self._headers_too_large()
 
+    def _measure_framing(self, read: int) -> None:
+        """Chunk sizes, extensions and trailers are not body; httptools buffers a trailer
+        line whole, so they are measured per read: at most ``max_header_bytes`` plus 16
+        bytes per chunk."""
+        self._framing += read - self._read_body
+        if self._framing > self._server.max_header_bytes + 16 * self._chunks:
+            raise _Rejected(431, "headers_too_large", "chunk framing and trailers larger "
+                            f"than max_header_bytes={self._server.max_header_bytes}")
+
     def pause_writing(self) -> None:  # the caller reads slowly: stop taking requests
         self._write_paused = True
         self._update_reading()
@@ -193,7 +236,7 @@ class _Connection(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read while answers flow: not while the caller does not read its answers, nor
         while it has pipelined more than 16 requests ahead."""
-        pause = self._write_paused or len(self._queue) > 16
+        pause = self._write_paused or len(self._queue) > 16 or bool(self._backlog)
         if pause != self._paused and self._transport is not None and not self._closing:
             self._paused = pause
             if pause:
@@ -205,6 +248,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._began_in_read = True
+        self._framing = 0
+        self._chunks = 0
         self._head_bytes = 0
         self._url = b""
         self._headers = []
@@ -222,6 +267,8 @@ class _Connection(asyncio.Protocol):
         size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
         if size > self._server.max_header_bytes:
             raise self._headers_too_large()
+        if not self._in_head:  # a trailer (after a chunked body): counted, not passed on
+            return
         lower = name.lower()
         if lower in _WATCHED:
             if lower == b"content-length" and value.isdigit() \
@@ -245,6 +292,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         # Invite the body only when no earlier answer is owed (an interim answer must not
         # overtake them); a caller not invited sends its body after its own short wait.
         if self._expect_continue and self._parser.get_http_version() != "1.0" \
@@ -253,6 +301,8 @@ class _Connection(asyncio.Protocol):
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self._read_body += len(body)
+        self._chunks += 1
         self._body_size += len(body)
         if self._body_size > self._server.max_body_bytes:
             raise self._too_large()
@@ -263,6 +313,7 @@ class _Connection(asyncio.Protocol):
                          f"max_body_bytes={self._server.max_body_bytes}")
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         parser = self._parser
         if parser.should_upgrade():  # llhttp completes the message before it says upgrade
             raise _Rejected(501, "upgrade", "upgrades and CONNECT are not supported")
@@ -308,12 +359,16 @@ class _Connection(asyncio.Protocol):
                     self._busy = False
                     if server.draining is not None and not server.in_flight:
                         server.draining.set()
-                last = self._final is not None or (self._eof and not self._queue)
+                # The caller half-closed and this is its last answer: say close, and let
+                # `finally` close. A rejection still to come says close itself.
+                last = self._eof and not self._queue and self._final is None
                 keep_alive = keep_alive and not server.closing and not last
-                # after the last answer, `finally` sends the rejection (if any) and closes
                 self._write(render_reply(reply, keep_alive=keep_alive,
                                          head=request.method == "HEAD", http10=http10),
                             close=not keep_alive and not last)
+                if self._backlog and len(self._queue) <= 4:
+                    backlog, self._backlog = self._backlog, b""
+                    self._take(backlog)
                 if self._paused:
                     self._update_reading()
         finally:
@@ -364,8 +419,9 @@ class HttpServer:
     def __init__(self, handler: Handler, *, max_header_bytes: int, max_body_bytes: int,
                  idle_timeout_seconds: float = 60.0,
                  on_rejected: Callable[[str], None] = lambda reason: None,
-                 set_apart: Iterable[str] = ()) -> None:
+                 set_apart: Iterable[str] = (), max_connections: int = 10_000) -> None:
         self.handler = handler
+        self.max_connections = max_connections
         self.set_apart = frozenset(name.lower().encode("latin-1") for name in set_apart)
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes

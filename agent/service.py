@@ -118,7 +118,7 @@ class AgentService:
             max_body_bytes=config.max_body_bytes,
             idle_timeout_seconds=config.idle_timeout_seconds,
             on_rejected=lambda reason: self.agent_metrics.bad_requests.labels(reason).inc(),
-            set_apart=_DROP_HEADERS)
+            set_apart=_DROP_HEADERS, max_connections=config.max_inbound_connections)
         host, port = config.listen_host_port
         await self._server.start(host, port)
         self.port = self._server.port

@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 
 from agent.balancer import Endpoint
 from agent.call import Call, Reply, UpstreamError
+from agent.filters import run_chain
 from agent.forwarder import Forwarder
 from agent.http_server import HttpServer, InboundRequest, render_reply
 
@@ -538,7 +539,10 @@ async def test_rejection_after_a_good_pipelined_request_still_answers_the_good_o
         await send(writer, get("/good") + b"NONSENSE\r\n\r\n")
         resp = await read_response(reader)
         assert echoed(resp)["path"] == "/good"
-        assert resp.headers["Connection"].lower() == "close"
+        # only the last answer says close: a caller honouring it earlier loses the 400
+        assert resp.headers.get("Connection", "").lower() != "close"
+        final = await read_response(reader)
+        assert final.status == 400 and final.headers["Connection"].lower() == "close"
         await read_eof(reader)
         assert s.rejected == ["malformed"]
 
@@ -1405,3 +1409,114 @@ async def test_no_retry_on_a_new_connection_after_stop() -> None:
         with pytest.raises(UpstreamError):
             await bounded(call)
         assert up.accepted == 1 and fwd.open_connections == 0
+
+
+# -- found in review: bounds on what is not body, trailers, binding, retries ------------
+
+@uvloop_too
+async def test_endless_trailer_line_is_431_and_trailers_are_not_headers() -> None:
+    async with serving(max_header_bytes=1024) as s, raw_client(s.port) as (reader, writer):
+        await send(writer, b"POST /t HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"1\r\na\r\n0\r\nX-User: admin\r\n\r\n")
+        assert "x-user" not in echoed(await read_response(reader))["headers"]
+        await send(writer, b"POST /t HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"1\r\na\r\n0\r\nX-T: ")
+        with suppress(OSError, RuntimeError):  # the trailer line never ends
+            await send(writer, b"t" * 32768)
+        resp = await read_response(reader)
+        assert resp.status == 431 and s.rejected == ["headers_too_large"]
+
+
+@uvloop_too
+async def test_a_flood_of_pipelined_requests_in_one_write_is_answered_in_order() -> None:
+    async with serving() as s, raw_client(s.port) as (reader, writer):
+        await send(writer, b"".join(get(f"/{i}") for i in range(300)))
+        for i in range(300):
+            assert (await read_response(reader)).headers["X-Path"] == f"/{i}"
+        assert len(s.requests) == 300
+
+
+async def test_too_many_connections_get_503() -> None:
+    async with serving(max_connections=1) as s, raw_client(s.port) as (reader, writer):
+        await send(writer, get("/first"))
+        assert echoed(await read_response(reader))["path"] == "/first"
+        async with raw_client(s.port) as (reader2, _):
+            assert (await read_response(reader2)).status == 503
+        assert "too_many_connections" in s.rejected
+
+
+@uvloop_too
+async def test_endless_header_from_the_node_is_a_5xx_not_unbounded_memory() -> None:
+    async def endless(up: Upstream, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, index: int) -> None:
+        await up.next_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(64):  # 1 MiB of one header value, never ended
+            writer.write(b"v" * 16384)
+            await writer.drain()
+        await reader.read()
+
+    async with Upstream(endless) as up, forwarder() as fwd:
+        with pytest.raises(UpstreamError) as info:
+            await forward(fwd, make_call(up))
+        assert info.value.error_class == "5xx" and fwd.open_connections == 0
+
+
+@uvloop_too
+async def test_an_upgrade_answer_from_the_node_is_an_upstream_error() -> None:
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\n\r\n")
+    async with Upstream(answering(answer)) as up, forwarder() as fwd:
+        with pytest.raises(UpstreamError):
+            await forward(fwd, make_call(up))
+
+
+async def test_the_retry_of_an_idempotent_call_takes_a_new_connection() -> None:
+    """Two kept-alive connections, both closed by the node when reused: the retry must not
+    take the second one."""
+    release = asyncio.Event()
+
+    async def script(up: Upstream, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter, index: int) -> None:
+        await up.next_request(reader)
+        if index <= 2:
+            await release.wait()
+            writer.write(ok(f"conn{index}".encode()))
+            await writer.drain()
+            await up.next_request(reader)  # reused: close without answering
+            return
+        writer.write(ok(b"fresh"))
+        await writer.drain()
+
+    async with Upstream(script) as up, forwarder() as fwd:
+        first = asyncio.ensure_future(forward(fwd, make_call(up, path="/1")))
+        second = asyncio.ensure_future(forward(fwd, make_call(up, path="/2")))
+        while up.accepted < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        assert {(await first).body, (await second).body} == {b"conn1", b"conn2"}
+        assert (await forward(fwd, make_call(up, path="/3"))).body == b"fresh"
+        assert up.accepted == 3
+
+
+async def test_a_filter_may_name_its_next_parameter_as_it_likes() -> None:
+    class Tagging:
+        name = "tagging"
+
+        async def handle(self, call: Call, proceed: Any) -> Reply:
+            reply = await proceed(call)
+            return Reply(reply.status, {"X-Tag": "yes"}, reply.body)
+
+    async def terminal(call: Call) -> Reply:
+        return Reply(200, {}, b"done")
+
+    chain = run_chain([Tagging()], terminal)
+    reply = await chain(make_call(Endpoint("n", "127.0.0.1:1", "idc", 1.0)))
+    assert reply.headers["X-Tag"] == "yes" and reply.body == b"done"
+
+
+def test_a_filter_putting_a_line_break_in_a_header_is_refused() -> None:
+    call = make_call(Endpoint("n", "127.0.0.1:1", "idc", 1.0),
+                     headers={"X-Evil": "a\r\nX-Injected: 1"})
+    with pytest.raises(ValueError):
+        Forwarder._render(call, "127.0.0.1:1")

@@ -126,6 +126,27 @@ def test_breaker_forgets_errors_older_than_the_window() -> None:
     assert breaker.state == CLOSED  # 1 error in 4 within the window
 
 
+def test_breaker_opens_on_a_success_that_completes_the_minimum() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(window_seconds=10, min_requests=4, error_ratio=0.5, clock=clock)
+    for _ in range(3):
+        breaker.on_result(False)
+    breaker.on_result(True)  # 4 calls, 3 failed: 75 % >= 50 %
+    assert breaker.state == OPEN
+
+
+def test_breaker_with_a_window_under_a_second_keeps_counting() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(window_seconds=0.5, min_requests=2, error_ratio=0.5, clock=clock)
+    for step in range(6):
+        clock.now = 100.0 + step * 0.3
+        breaker.on_result(True)
+    assert breaker.state == CLOSED
+    breaker.on_result(False)
+    breaker.on_result(False)
+    assert breaker.state == OPEN
+
+
 def test_bucket_constants_module_imports_only_the_standard_library() -> None:
     """collector.render.functions.histogram imports agent.buckets: keep it dependency-free."""
     import agent.buckets
