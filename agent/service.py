@@ -86,6 +86,7 @@ class AgentService:
             if upstream_host_port else ())
         self.directory: ServiceDirectory | None = None
         self._default_caller = config.caller or config.service
+        self._server_side = config.is_server_side
         if not NAME_PATTERN.fullmatch(self._default_caller):
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
@@ -214,19 +215,14 @@ class AgentService:
         raw = request.raw_path
         if not raw.startswith("/"):
             raise ValueError("request target must be an absolute path")
-        if self.config.is_server_side:
+        if self._server_side:
             return self.config.service, raw
-        host = (request.apart.get("host") or "").rsplit(":", 1)[0].strip("[]")
-        if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) \
-                and host != "localhost":
-            return host, raw
+        host_service = _service_in_host(request.apart.get("host") or "")
+        if host_service:
+            return host_service, raw
         path, sep, query = raw.partition("?")
         parts = path.split("/", 2)
-        service = urllib.parse.unquote(parts[1]) if len(parts) > 1 else ""
-        if not service:
-            raise ValueError("no service: send /{service}/path or set Host to the service")
-        if not NAME_PATTERN.fullmatch(service) or service in (".", ".."):
-            raise ValueError(f"bad service name {service[:60]!r}: use [A-Za-z0-9_.-]")
+        service = _service_in_path(parts[1] if len(parts) > 1 else "")
         rest = "/" + (parts[2] if len(parts) > 2 else "")
         return service, rest + (sep + query if sep else "")
 
@@ -339,7 +335,27 @@ class AgentService:
         return dict(zip(names, results, strict=True))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
+def _service_in_host(host_header: str) -> str:
+    """The service a Host header names, or "" when it is an address or localhost."""
+    host = host_header.rsplit(":", 1)[0].strip("[]")
+    if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) and host != "localhost":
+        return host
+    return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _service_in_path(segment: str) -> str:
+    """The service named by the first path segment; ValueError when there is none or it
+    is not a valid name (results are cached: callers use few services)."""
+    service = urllib.parse.unquote(segment) if "%" in segment else segment
+    if not service:
+        raise ValueError("no service: send /{service}/path or set Host to the service")
+    if not NAME_PATTERN.fullmatch(service) or service in (".", ".."):
+        raise ValueError(f"bad service name {service[:60]!r}: use [A-Za-z0-9_.-]")
+    return service
+
+
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
