@@ -35,9 +35,9 @@ from agent.config import BUILTIN_FILTERS, AgentConfig
 from agent.recorder import Recorder
 from agent.sketch import LogHistogram
 
-__all__ = ["FilterContext", "AgentMetrics", "build_chain", "run_chain", "AccessLogFilter",
-           "MetricsFilter", "SwitcherFilter", "ActiveLimitFilter", "FailoverFilter",
-           "CircuitBreakerFilter", "DegradeState"]
+__all__ = ["FilterContext", "AgentMetrics", "build_chain", "run_chain", "active_filters",
+           "AccessLogFilter", "MetricsFilter", "SwitcherFilter", "ActiveLimitFilter",
+           "FailoverFilter", "CircuitBreakerFilter", "DegradeState"]
 
 access_log = logging.getLogger("tidemark.agent.access")
 
@@ -471,12 +471,15 @@ def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
     level above info) is left out.
     """
     handler = terminal
-    for f in reversed(filters):
-        enabled = getattr(f, "enabled", None)
-        if callable(enabled) and not enabled():
-            continue
+    for f in reversed(active_filters(filters)):
         handler = _Link(f.handle, handler)
     return handler
+
+
+def active_filters(filters: Sequence[Filter]) -> list[Filter]:
+    """The filters that take part in the chain (those whose ``enabled()``, if any, is True)."""
+    return [f for f in filters
+            if not callable(getattr(f, "enabled", None)) or f.enabled()]  # type: ignore[attr-defined]
 
 
 class _Link:

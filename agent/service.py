@@ -27,7 +27,14 @@ from agent.balancer import Endpoint
 from agent.call import Call, Reply, error_reply
 from agent.config import AgentConfig
 from agent.directory import ServiceDirectory, ServiceView, TooManyServices
-from agent.filters import AgentMetrics, DegradeState, FilterContext, build_chain, run_chain
+from agent.filters import (
+    AgentMetrics,
+    DegradeState,
+    FilterContext,
+    active_filters,
+    build_chain,
+    run_chain,
+)
 from agent.forwarder import HOP_BY_HOP, Forwarder
 from agent.http_server import HttpServer, InboundRequest
 from agent.naming import MetricNaming
@@ -301,6 +308,7 @@ class AgentService:
                 "heartbeat_age_seconds": round(
                     time.monotonic() - self._registration.last_heartbeat_at, 3)},
             "filters": [f.name for f in self.filters],
+            "active_filters": [f.name for f in active_filters(self.filters)],
             "load_balancer": self.config.load_balancer,
             "services": services,
             "last_changes": list(directory.changes)[-20:] if directory else [],

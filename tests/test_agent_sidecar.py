@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,6 +50,9 @@ async def test_pair_routes_measures_and_reports(mesh: Mesh) -> None:
     status, _, body = await mesh.get(client, "/runtime")
     runtime = json.loads(body)
     assert runtime["role"] == "client"
+    access_on = logging.getLogger("tidemark.agent.access").isEnabledFor(logging.INFO)
+    assert runtime["active_filters"] == [f for f in runtime["filters"]
+                                         if f != "access_log" or access_on]
     assert {n["id"] for n in runtime["services"]["user"]["nodes"]} == {
         f"127.0.0.1-{a.port}", f"127.0.0.1-{b.port}"}
     status, _, body = await mesh.get(sa, "/runtime")
