@@ -8,15 +8,16 @@ Errors a filter may raise on purpose::
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.balancer import Endpoint
 
 __all__ = ["Call", "Reply", "Next", "Filter", "UpstreamError", "NodeUnavailable",
-           "error_reply", "IDEMPOTENT_METHODS"]
+           "error_reply", "json_reply", "IDEMPOTENT_METHODS"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -87,9 +88,12 @@ class Filter(Protocol):
     async def handle(self, call: Call, next_: Next) -> Reply: ...
 
 
+def json_reply(status: int, body: Any, /, **headers: str) -> Reply:
+    """An answer whose body is ``body`` as JSON."""
+    return Reply(status, {"Content-Type": "application/json", **headers},
+                 json.dumps(body).encode())
+
+
 def error_reply(status: int, message: str, **headers: str) -> Reply:
     """A JSON error answer whose body names the problem."""
-    import json
-
-    return Reply(status, {"Content-Type": "application/json", **headers},
-                 json.dumps({"error": message}).encode())
+    return json_reply(status, {"error": message}, **headers)

@@ -466,18 +466,17 @@ def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
     """A callable running ``filters`` in order around ``terminal``.
 
     Each link calls the filter's ``handle(call, next_)`` directly and returns its
-    coroutine, with no wrapper coroutine per link (the chain runs on every call). A
-    filter whose ``enabled()`` says False when the chain is built (the access log at a log
-    level above info) is left out.
+    coroutine, with no wrapper coroutine per link (the chain runs on every call).
     """
     handler = terminal
-    for f in reversed(active_filters(filters)):
+    for f in reversed(filters):
         handler = _Link(f.handle, handler)
     return handler
 
 
 def active_filters(filters: Sequence[Filter]) -> list[Filter]:
-    """The filters that take part in the chain (those whose ``enabled()``, if any, is True)."""
+    """The filters to chain: those whose ``enabled()``, if they have one, is True now (the
+    access log at a log level above info is left out)."""
     return [f for f in filters
             if not callable(getattr(f, "enabled", None)) or f.enabled()]  # type: ignore[attr-defined]
 

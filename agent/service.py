@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import json
 import logging
 import re
 import time
@@ -24,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.balancer import Endpoint
-from agent.call import Call, Reply, error_reply
+from agent.call import Call, Reply, error_reply, json_reply
 from agent.config import AgentConfig
 from agent.directory import ServiceDirectory, ServiceView, TooManyServices
 from agent.filters import (
@@ -42,6 +41,7 @@ from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
 from registry.client import BaseClient, Registration, open_registry
 from registry.model import NAME_PATTERN, Node
+from tidemark.httpkit import health
 
 __all__ = ["AgentService", "RESERVED_PATHS"]
 
@@ -51,6 +51,7 @@ RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
 _CALLER_HEADER = "X-Tidemark-Caller"
 _DEGRADE_SWITCHES = ("degraded", "degrade")
 _CALLER_LOWER = _CALLER_HEADER.lower()
+_JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
 _DROP_HEADERS = HOP_BY_HOP | {_CALLER_LOWER}
 
 
@@ -93,7 +94,6 @@ class AgentService:
             if upstream_host_port else ())
         self.directory: ServiceDirectory | None = None
         self._default_caller = config.caller or config.service
-        self._server_side = config.is_server_side
         if not NAME_PATTERN.fullmatch(self._default_caller):
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
@@ -103,7 +103,8 @@ class AgentService:
             endpoints_for=self._endpoints_for, degrade_state=self._degrade_state,
             node_name=upstream_host_port)
         self.filters = build_chain(config.filters, self._filter_ctx)
-        self._chain = run_chain(self.filters, self.forwarder)
+        self._active_filters = active_filters(self.filters)  # what the chain runs
+        self._chain = run_chain(self._active_filters, self.forwarder)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class AgentService:
         raw = request.raw_path
         if not raw.startswith("/"):
             raise ValueError("request target must be an absolute path")
-        if self._server_side:
+        if self.config.is_server_side:
             return self.config.service, raw
         host_service = _service_in_host(request.apart.get("host") or "")
         if host_service:
@@ -238,12 +239,11 @@ class AgentService:
         path = request.raw_path.partition("?")[0]
         if path in RESERVED_PATHS and request.method in ("GET", "HEAD"):
             if path == "/healthz":
-                return _json_reply({"status": "ok"} if self._ready else {"status": "starting"},
-                                   200 if self._ready else 503)
+                return json_reply(*health(self._ready), **_JSON_UTF8)
             if path == "/metrics":
                 return Reply(200, {"Content-Type": CONTENT_TYPE_LATEST},
                              generate_latest(self.metrics))
-            return _json_reply(await self._runtime())
+            return json_reply(200, await self._runtime(), **_JSON_UTF8)
         return await self._proxy(request)
 
     async def _proxy(self, request: InboundRequest) -> Reply:
@@ -308,7 +308,7 @@ class AgentService:
                 "heartbeat_age_seconds": round(
                     time.monotonic() - self._registration.last_heartbeat_at, 3)},
             "filters": [f.name for f in self.filters],
-            "active_filters": [f.name for f in active_filters(self.filters)],
+            "active_filters": [f.name for f in self._active_filters],
             "load_balancer": self.config.load_balancer,
             "services": services,
             "last_changes": list(directory.changes)[-20:] if directory else [],
@@ -371,7 +371,3 @@ def _is_address(host: str) -> bool:
         return False
     return True
 
-
-def _json_reply(body: Any, status: int = 200) -> Reply:
-    return Reply(status, {"Content-Type": "application/json; charset=utf-8"},
-                 json.dumps(body).encode())

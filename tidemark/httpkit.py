@@ -8,7 +8,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["add_health_and_metrics"]
+__all__ = ["add_health_and_metrics", "health"]
+
+
+def health(ready: bool) -> tuple[int, dict[str, str]]:
+    """Status and JSON body of ``GET /healthz``: 200 ok when ready, 503 starting before."""
+    return (200, {"status": "ok"}) if ready else (503, {"status": "starting"})
 
 
 def add_health_and_metrics(
@@ -17,9 +22,8 @@ def add_health_and_metrics(
     """Add ``GET /healthz`` (200 when ready, 503 before) and Prometheus ``GET /metrics``."""
 
     async def healthz(request: web.Request) -> web.Response:
-        if is_ready():
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "starting"}, status=503)
+        status, body = health(is_ready())
+        return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)
