@@ -318,22 +318,12 @@ class Forwarder:
         else a new one, waiting (until ``deadline``) while ``max_connections`` are open."""
         if not self._started:
             raise UpstreamError("connection", "the agent is stopping", sent=False)
-        idle = None if fresh else self._idle.get(address)
-        now = time.monotonic()
-        max_idle = _IDLE_SECONDS if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
-        while idle:
-            conn = idle[-1]  # the most recently used is the least likely to be closed
-            if not conn.open or now - conn.idle_since >= _IDLE_SECONDS:
-                idle.pop()
-                conn.close()
-                continue
-            if now - conn.idle_since < max_idle:
-                return idle.pop(), True
-            break  # good for idempotent calls only: keep it, open another
-
+        conn = None if fresh else self._take_idle(address, idempotent)
+        if conn is not None:
+            return conn, True
         while len(self._open) >= self._max_connections:
             if not self._close_one_idle():
-                waiter = asyncio.get_running_loop().create_future()
+                waiter = self.loop.create_future()
                 self._waiters.append(waiter)
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
                     async with asyncio.timeout_at(deadline):
@@ -346,10 +336,27 @@ class Forwarder:
                     if waiter.done() and not waiter.cancelled():
                         self._wake()  # we were woken for a free slot: pass it on
                     raise
-                idle = None if fresh else self._idle.get(address)
-                if idle:
-                    return idle.pop(), True
+                conn = None if fresh else self._take_idle(address, idempotent)
+                if conn is not None:
+                    return conn, True
         return await self._connect(address, node_id), False
+
+    def _take_idle(self, address: str, idempotent: bool) -> _Connection | None:
+        """The most recently used idle connection to ``address`` fit for the call, if any
+        (stale ones are closed on the way)."""
+        idle = self._idle.get(address)
+        now = time.monotonic()
+        max_idle = _IDLE_SECONDS if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
+        while idle:
+            conn = idle[-1]  # the most recently used is the least likely to be closed
+            if not conn.open or now - conn.idle_since >= _IDLE_SECONDS:
+                idle.pop()
+                conn.close()
+                continue
+            if now - conn.idle_since < max_idle:
+                return idle.pop()
+            break  # good for idempotent calls only: keep it, open another
+        return None
 
     async def _connect(self, address: str, node_id: str) -> _Connection:
         host, _, port = address.rpartition(":")

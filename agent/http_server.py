@@ -264,9 +264,7 @@ class _Connection(asyncio.Protocol):
         self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
-        if size > self._server.max_header_bytes:
-            raise self._headers_too_large()
+        self._count_header_bytes(len(name) + len(value) + 4)
         if not self._in_head:  # a trailer (after a chunked body): counted, not passed on
             return
         lower = name.lower()
