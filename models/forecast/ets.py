@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
@@ -28,6 +29,25 @@ def _usable_period(seasons: tuple[int, ...], length: int) -> int | None:
         if length >= 2 * period:
             return period
     return None
+
+
+def _components_for_length(length: int, trend: str | None, seasonal: str | None,
+                            period: int | None) -> tuple[str | None, str | None, int | None]:
+    """(trend, seasonal, period) that a series of ``length`` points can fit: no season
+    without two full seasons and 10 points more, no trend under 10 points."""
+    if length < 10 or (period and length < 2 * period + 10):
+        seasonal, period = None, None
+    if length < 10:
+        trend = None
+    return trend, seasonal, period
+
+
+def _fit_quietly(model: Any, **options: Any) -> Any:
+    """``model.fit(**options)`` without statsmodels' convergence and runtime warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return model.fit(**options)
 
 
 class HoltWintersForecaster(BaseForecaster):
@@ -71,10 +91,7 @@ class HoltWintersForecaster(BaseForecaster):
         trend = self.trend
         if trend == "mul" and not positive:
             trend = "add"
-        if values.size < 10 or (period and values.size < 2 * period + 10):
-            seasonal, period = None, None
-        if values.size < 10:
-            trend = None
+        trend, seasonal, period = _components_for_length(values.size, trend, seasonal, period)
         model = ExponentialSmoothing(
             values,
             trend=trend,
@@ -83,10 +100,7 @@ class HoltWintersForecaster(BaseForecaster):
             seasonal_periods=period,
             initialization_method=self.initialization_method,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.result_ = model.fit()
+        self.result_ = _fit_quietly(model)
         self.period_ = period
 
     def _predict_mean(self, horizon: int) -> np.ndarray:
@@ -136,10 +150,7 @@ class ETSForecaster(BaseForecaster):
             error = "add"
             seasonal = "add" if seasonal else None
             trend = "add" if trend else None
-        if values.size < 10 or (period and values.size < 2 * period + 10):
-            seasonal, period = None, None
-        if values.size < 10:
-            trend = None
+        trend, seasonal, period = _components_for_length(values.size, trend, seasonal, period)
         model = ETSModel(
             values,
             error=error,
@@ -149,10 +160,7 @@ class ETSForecaster(BaseForecaster):
             seasonal_periods=period,
             initialization_method=self.initialization_method,
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            self.result_ = model.fit(disp=False)
+        self.result_ = _fit_quietly(model, disp=False)
         self.period_ = period
 
     def _predict_mean(self, horizon: int) -> np.ndarray:
