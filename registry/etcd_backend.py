@@ -55,6 +55,7 @@ _UNREACHABLE = (TimeoutError, OSError, aetcd.exceptions.ConnectionFailedError,
 _UNREACHABLE_CODES = frozenset({rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED,
                                 rpc.StatusCode.INTERNAL})
 _PUT = rpc.Event.EventType.PUT
+_CMP_EQUAL, _CMP_MOD = rpc.Compare.EQUAL, rpc.Compare.MOD
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -142,6 +143,7 @@ class EtcdRegistryClient(BaseClient):
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()
         self._seen: dict[str, _Seen] = {}
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     # --- connection ----------------------------------------------------------------------
     async def _etcd(self) -> aetcd.Client:
@@ -178,11 +180,13 @@ class EtcdRegistryClient(BaseClient):
         try each other endpoint once."""
         error: RegistryUnavailable | None = None
         for _ in range(len(self._endpoints)):
-            try:
-                client = await self._etcd()
-            except RegistryUnavailable as exc:
-                error = exc
-                continue
+            client = self._client  # the connection in use, else open one
+            if client is None:
+                try:
+                    client = await self._etcd()
+                except RegistryUnavailable as exc:
+                    error = exc
+                    continue
             try:
                 return await run(client)
             except _EndpointDown as down:
@@ -240,9 +244,6 @@ class EtcdRegistryClient(BaseClient):
 
     def _history_prefix(self, service: str) -> bytes:
         return f"{self._root}history/{service}/".encode()
-
-    def _command_key(self, service: str, command_id: int) -> bytes:
-        return f"{self._root}history/{service}/{command_id:012d}".encode()
 
     def _parse_key(self, key: bytes) -> tuple[str, str] | None:
         base = self._services_base
@@ -336,7 +337,7 @@ class EtcdRegistryClient(BaseClient):
         check_name(service, "service")
         if not isinstance(kind, str):
             raise ValueError("kind: expected a string")
-        config_key = f"{self._service_prefix(service)}config".encode()
+        config_key, history_prefix = self._command_keys(service)
         seen = self._seen.get(service)
         fresh = False
         for _ in range(_MAX_CAS_ATTEMPTS):
@@ -352,15 +353,33 @@ class EtcdRegistryClient(BaseClient):
                     raise
                 seen = None  # judged on a cached copy: look again before saying no
                 continue
-            success = [rpc.RequestOp(request_put=rpc.PutRequest(
-                key=config_key, value=_encode({"flat": new_flat,
-                                               "next_id": command.id + 1}).encode()))]
-            before = {c.id: c for c in seen.history or []}
-            for item in new_history:
-                if before.get(item.id) != item:  # the new command, or one a revert touched
-                    success.append(rpc.RequestOp(request_put=rpc.PutRequest(
-                        key=self._command_key(service, item.id),
-                        value=_encode(item.to_dict()).encode())))
+            # One round trip: every command rewrites config, so comparing its mod revision
+            # with our copy's orders all writers; a loser gets the current config back.
+            # The request is etcd's TxnRequest, filled in place and sent on the KV stub:
+            # aetcd's transaction() builds the same message through a layer of op
+            # objects, and constructing nested messages from keyword arguments copies
+            # each one, both of which cost more than the rest of a command's client-side
+            # work (which runs before the write reaches etcd, so it adds to propagation).
+            request = rpc.TxnRequest()
+            compare = request.compare.add()
+            compare.key = config_key
+            compare.result = _CMP_EQUAL
+            compare.target = _CMP_MOD
+            compare.mod_revision = seen.config_mod
+            put = request.success.add().request_put
+            put.key = config_key
+            put.value = _encode({"flat": new_flat, "next_id": command.id + 1}).encode()
+            if seen.history is None:  # only the new command is written (no revert)
+                put = request.success.add().request_put
+                put.key = b"%s%012d" % (history_prefix, command.id)
+                put.value = _encode(command.to_dict()).encode()
+            else:
+                before = {c.id: c for c in seen.history}
+                for item in new_history:
+                    if before.get(item.id) != item:  # the new command, or one a revert touched
+                        put = request.success.add().request_put
+                        put.key = b"%s%012d" % (history_prefix, item.id)
+                        put.value = _encode(item.to_dict()).encode()
             # Older history keys are pruned every _PRUNE_EVERY commands, not in every
             # transaction (readers take the last MAX_HISTORY), which keeps a command's
             # transaction to its two puts most of the time. Ids are consecutive, so each
@@ -369,19 +388,11 @@ class EtcdRegistryClient(BaseClient):
             # ever written in a deleted range until it compacts, and that grew without end.
             oldest_kept = command.id - MAX_HISTORY + 1
             if oldest_kept > 1 and command.id % _PRUNE_EVERY == 0:
-                success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-                    key=self._command_key(service, max(0, oldest_kept - _PRUNE_SPAN)),
-                    range_end=self._command_key(service, oldest_kept))))
-            # One round trip: every command rewrites config, so comparing its mod revision
-            # with our copy's orders all writers; a loser gets the current config back.
-            # The request is built here and sent on etcd's KV stub: aetcd's transaction()
-            # builds the same message through a layer of op objects, which cost more
-            # than the rest of a command's client-side work.
-            reply = await self._kv("Txn", rpc.TxnRequest(
-                compare=[rpc.Compare(key=config_key, result=rpc.Compare.EQUAL,
-                                     target=rpc.Compare.MOD, mod_revision=seen.config_mod)],
-                success=success,
-                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=config_key))]))
+                delete = request.success.add().request_delete_range
+                delete.key = b"%s%012d" % (history_prefix, max(0, oldest_kept - _PRUNE_SPAN))
+                delete.range_end = b"%s%012d" % (history_prefix, oldest_kept)
+            request.failure.add().request_range.key = config_key
+            reply = await self._kv("Txn", request)
             if reply.succeeded:
                 self._remember(service, _Seen(
                     new_flat, command.id + 1, int(reply.header.revision),
@@ -391,6 +402,16 @@ class EtcdRegistryClient(BaseClient):
             fresh = True
             self._remember(service, seen)
         raise Conflict(f"{service}: too many concurrent writers; try again")
+
+    def _command_keys(self, service: str) -> tuple[bytes, bytes]:
+        """``config`` key and history prefix of a (checked) service name, memoised."""
+        keys = self._keys.get(service)
+        if keys is None:
+            if len(self._keys) > 1000:
+                self._keys.clear()
+            keys = self._keys[service] = (f"{self._service_prefix(service)}config".encode(),
+                                          self._history_prefix(service))
+        return keys
 
     def _remember(self, service: str, seen: _Seen) -> None:
         if len(self._seen) > 1000:
@@ -410,7 +431,7 @@ class EtcdRegistryClient(BaseClient):
                      history=commands)
 
     async def _read_config(self, service: str, *, with_history: bool) -> _Seen:
-        config_key = f"{self._service_prefix(service)}config".encode()
+        config_key = self._command_keys(service)[0]
         ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=config_key))]
         if with_history:
             prefix = self._history_prefix(service)

@@ -89,9 +89,8 @@ def _check_time(value: object, what: str) -> float:
 def _check_fields(data: object, allowed: set[str], what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ValueError(f"{what}: expected an object, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{what}: unknown field {unknown[0]!r}")
+    if not allowed.issuperset(data):
+        raise ValueError(f"{what}: unknown field {sorted(set(data) - allowed)[0]!r}")
     return data
 
 
