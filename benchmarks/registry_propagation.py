@@ -15,6 +15,12 @@ Usage::
 
     .venv/bin/python benchmarks/registry_propagation.py [--watchers 100] [--writes 1000]
         [--workers 4] [--round 50] [--only KIND ...] [--json results.json]
+        [--etcd-binary PATH] [--etcd-gc]
+
+Diagnostics (off by default, the measurement is the same without them): ``--etcd-binary``
+runs another etcd build than the installed one; ``--etcd-gc`` reads etcd's ``/metrics``
+before and after each round and reports, per kind, etcd's Go garbage collections per 1,000
+writes and the bytes etcd allocated per write.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -130,8 +137,12 @@ def _worker(kind: str, url: str, token: str | None, count: int, conn: Any, ready
 class _Subject:
     """One kind under test: its writer, its watcher processes and what was measured."""
 
-    def __init__(self, kind: str, url: str, token: str | None, server_pid: int | None) -> None:
+    def __init__(self, kind: str, url: str, token: str | None, server_pid: int | None,
+                 metrics_url: str | None = None) -> None:
         self.kind, self.url, self.token, self.server_pid = kind, url, token, server_pid
+        self.metrics_url = metrics_url  # etcd's /metrics, read around rounds (--etcd-gc)
+        self.gcs = 0.0
+        self.alloc_bytes = 0.0
         self.writer: Any = None
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
@@ -175,9 +186,23 @@ class _Subject:
         server = process_tree_cpu_seconds(self.server_pid) if self.server_pid else 0.0
         return watchers, server
 
+    def _go_stats(self) -> tuple[float, float]:
+        """etcd's Go garbage collections so far and bytes allocated so far."""
+        if self.metrics_url is None:
+            return 0.0, 0.0
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as reply:
+            text = reply.read().decode()
+
+        def metric(name: str) -> float:
+            found = re.search(rf"^{name} (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+        return (metric("go_gc_duration_seconds_count"),
+                metric("go_memstats_alloc_bytes_total"))
+
     async def write_round(self, writes: int) -> None:
         """``writes`` writes, each waited for until every watcher saw it."""
         loop = asyncio.get_running_loop()
+        go_before = self._go_stats()
         cpu_before = self._cpu()
         for _ in range(writes):
             self.seq = self.seq % 499 + 1  # 1..499, never the initial 500
@@ -199,8 +224,11 @@ class _Subject:
                         break
             self.latencies.append(last - start)
         cpu_after = self._cpu()
+        go_after = self._go_stats()
         self.watchers_cpu += cpu_after[0] - cpu_before[0]
         self.server_cpu += cpu_after[1] - cpu_before[1]
+        self.gcs += go_after[0] - go_before[0]
+        self.alloc_bytes += go_after[1] - go_before[1]
 
     async def stop(self) -> None:
         """Stop the watchers and the writer."""
@@ -225,12 +253,16 @@ class _Subject:
         def pct(p: float) -> float:
             return round(ms[min(n - 1, int(round(p / 100 * (n - 1))))], 2)
 
+        extra = {}
+        if self.metrics_url is not None:
+            extra = {"etcd_gc_per_1000_writes": round(self.gcs * 1000 / n, 1),
+                     "etcd_alloc_kb_per_write": round(self.alloc_bytes / 1024 / n, 1)}
         return {"kind": self.kind, "watchers": watchers, "writes": n,
                 "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": pct(100),
                 "mean_ms": round(statistics.fmean(ms), 2),
                 "write_call_p50_ms": round(statistics.median(self.write_seconds) * 1000, 2),
                 "watchers_cpu_ms_per_write": round(self.watchers_cpu * 1000 / n, 2),
-                "server_cpu_ms_per_write": round(self.server_cpu * 1000 / n, 2)}
+                "server_cpu_ms_per_write": round(self.server_cpu * 1000 / n, 2), **extra}
 
 
 async def _run_all(subjects: list[_Subject], watchers: int, writes: int, workers: int,
@@ -279,6 +311,10 @@ def main() -> int:
     parser.add_argument("--round", type=int, default=50, help="writes per kind per round")
     parser.add_argument("--only", choices=["embedded", "etcd", "raw-etcd"], action="append")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--etcd-binary", default=None,
+                        help="diagnostic: this etcd server binary instead of the installed one")
+    parser.add_argument("--etcd-gc", action="store_true",
+                        help="diagnostic: report etcd's Go GCs and allocations per write")
     args = parser.parse_args()
     kinds = args.only or ["embedded", "etcd", "raw-etcd"]
     tmp = Path(tempfile.mkdtemp(prefix="tidemark-bench-registry-"))
@@ -289,7 +325,7 @@ def main() -> int:
             embedded, url, token = _start_embedded(tmp)
             subjects.append(_Subject("embedded", url, token, embedded.pid))
         if {"etcd", "raw-etcd"} & set(kinds):
-            binary = etcd_binary()
+            binary = args.etcd_binary or etcd_binary()
             if binary is None:
                 print("etcd is not installed; skipping the etcd runs", file=sys.stderr)
             else:
@@ -297,7 +333,9 @@ def main() -> int:
                 etcd = EtcdPeer(binary, tmp / "etcd")
                 etcd.start()
                 pid = etcd.process.pid if etcd.process else None
-                subjects += [_Subject(kind, etcd.url, None, pid)
+                metrics = (f"http://127.0.0.1:{etcd.client_port}/metrics" if args.etcd_gc
+                           else None)
+                subjects += [_Subject(kind, etcd.url, None, pid, metrics)
                              for kind in ("etcd", "raw-etcd") if kind in kinds]
         results = asyncio.run(_run_all(subjects, args.watchers, args.writes, args.workers,
                                        args.round))
