@@ -15,12 +15,14 @@ Usage::
 
     .venv/bin/python benchmarks/registry_propagation.py [--watchers 100] [--writes 1000]
         [--workers 4] [--round 50] [--only KIND ...] [--json results.json]
-        [--etcd-binary PATH] [--etcd-gc]
+        [--etcd-binary PATH] [--etcd-gc] [--etcd-env KEY=VALUE ...]
 
 Diagnostics (off by default, the measurement is the same without them): ``--etcd-binary``
-runs another etcd build than the installed one; ``--etcd-gc`` reads etcd's ``/metrics``
-before and after each round and reports, per kind, etcd's Go garbage collections per 1,000
-writes and the bytes etcd allocated per write.
+runs another etcd build than the installed one; ``--etcd-env KEY=VALUE`` (repeatable) adds
+a variable to etcd's environment, e.g. ``GOGC=400`` for Go's garbage collector (one etcd
+serves both etcd kinds, so it applies to ours and raw alike); ``--etcd-gc`` reads etcd's
+``/metrics`` before and after each round and reports, per kind, etcd's Go garbage collections
+per 1,000 writes and the bytes etcd allocated per write.
 """
 
 from __future__ import annotations
@@ -315,7 +317,16 @@ def main() -> int:
                         help="diagnostic: this etcd server binary instead of the installed one")
     parser.add_argument("--etcd-gc", action="store_true",
                         help="diagnostic: report etcd's Go GCs and allocations per write")
+    parser.add_argument("--etcd-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="diagnostic: add KEY=VALUE to etcd's environment (repeatable), "
+                             "e.g. GOGC=400")
     args = parser.parse_args()
+    etcd_env: dict[str, str] = {}
+    for item in args.etcd_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--etcd-env wants KEY=VALUE, got {item!r}")
+        etcd_env[key] = value
     kinds = args.only or ["embedded", "etcd", "raw-etcd"]
     tmp = Path(tempfile.mkdtemp(prefix="tidemark-bench-registry-"))
     embedded = etcd = None
@@ -330,7 +341,7 @@ def main() -> int:
                 print("etcd is not installed; skipping the etcd runs", file=sys.stderr)
             else:
                 (tmp / "etcd").mkdir()
-                etcd = EtcdPeer(binary, tmp / "etcd")
+                etcd = EtcdPeer(binary, tmp / "etcd", env=etcd_env or None)
                 etcd.start()
                 pid = etcd.process.pid if etcd.process else None
                 metrics = (f"http://127.0.0.1:{etcd.client_port}/metrics" if args.etcd_gc

@@ -7,6 +7,7 @@ at interpreter exit. Tests that need a fresh keyspace use a unique root prefix i
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import socket
 import subprocess
@@ -32,9 +33,11 @@ def etcd_binary() -> str | None:
 class EtcdPeer:
     """One etcd member with its own data directory; can be killed and started again."""
 
-    def __init__(self, binary: str, data_dir: Path) -> None:
+    def __init__(self, binary: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.binary = binary
         self.data_dir = data_dir
+        # extra environment variables for the etcd process (e.g. Go's GOGC); None = inherit
+        self.env = env
         self.client_port = _free_port()
         self.peer_port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -73,6 +76,7 @@ class EtcdPeer:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout_seconds
