@@ -5,20 +5,29 @@ PY := $(VENV)/bin/python
 # Debian peers started by the tests themselves on loopback.
 TEST_PEERS := graphite-carbon graphite-web gunicorn etcd-server etcd-client
 # Extra peers only the benchmarks use.
-BENCH_PEERS := victoria-metrics
+BENCH_PEERS := victoria-metrics wrk
 PYTEST_ARGS ?=
 
-.PHONY: all venv peers bench-peers test lint typecheck run demo bench clean
+.PHONY: all venv compile peers bench-peers test lint typecheck run demo bench clean
 
 all: test
 
-$(VENV)/.installed: pyproject.toml
+# Installed without compiling (the compile target below does it once, with the venv's mypyc).
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'
+	TIDEMARK_COMPILE=0 $(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The agent's data path compiled in place with mypyc (agent/native.py), again whenever an
+# agent source changes. Without a C compiler it stays interpreted, and setup.py says so.
+$(VENV)/.compiled: $(VENV)/.installed setup.py $(wildcard agent/*.py)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+compile: $(VENV)/.compiled
 
 # Installs missing Debian packages when run as root; otherwise says what the tests will skip.
 define install_debs
@@ -36,19 +45,21 @@ bench-peers: peers
 	$(call install_debs,$(BENCH_PEERS))
 
 # Lint and type checks first (quick), then the whole suite.
-test: venv peers lint
+test: venv compile peers lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@echo "the agent suites again, with the data path interpreted (agent/native.py):"
+	TIDEMARK_INTERPRETED=1 $(PY) -m pytest -q tests/test_agent_*.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy tidemark collector registry agent models capacity
 
-run: venv
+run: venv compile
 	$(VENV)/bin/tidemark collector --data-dir ./data/collector --config ./collector/conf/sample.toml
 
 demo: run
 
-bench: venv bench-peers
+bench: venv compile bench-peers
 	$(PY) benchmarks/collector_ingest.py
 	$(PY) benchmarks/collector_render.py
 	$(PY) benchmarks/agent_recording_cost.py

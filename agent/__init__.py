@@ -11,12 +11,16 @@ Measuring (usable in-process by any Python service)::
     reporter.stop()
 """
 
-from agent.buckets import GAMMA, RELATIVE_ACCURACY, bucket_index, bucket_value
-from agent.middleware import ASGIMiddleware, WSGIMiddleware, aiohttp_middleware
-from agent.naming import MetricNaming, sanitize
-from agent.recorder import ERROR_CLASSES, Recorder, SeriesKey, WindowSnapshot
-from agent.reporter import Reporter, ReporterConfig
-from agent.sketch import LogHistogram
+from agent.native import use_interpreted
+
+use_interpreted()  # before the compiled modules are imported (see agent/native.py)
+
+from agent.buckets import GAMMA, RELATIVE_ACCURACY, bucket_index, bucket_value  # noqa: E402
+from agent.middleware import ASGIMiddleware, WSGIMiddleware, aiohttp_middleware  # noqa: E402
+from agent.naming import MetricNaming, sanitize  # noqa: E402
+from agent.recorder import ERROR_CLASSES, Recorder, SeriesKey, WindowSnapshot  # noqa: E402
+from agent.reporter import Reporter, ReporterConfig  # noqa: E402
+from agent.sketch import LogHistogram  # noqa: E402
 
 __all__ = [
     "GAMMA", "RELATIVE_ACCURACY", "bucket_index", "bucket_value", "LogHistogram",

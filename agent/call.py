@@ -70,11 +70,10 @@ class Call:
 
     def for_node(self, node: Endpoint) -> Call:
         """A copy for one attempt at ``node``."""
-        attempt = Call.__new__(Call)
-        attempt.__dict__.update(self.__dict__)  # a shallow copy, several times cheaper
-        attempt.node = node
-        attempt.error = None
-        return attempt
+        return Call(service=self.service, method=self.method, path_qs=self.path_qs,
+                    headers=self.headers, body=self.body, caller=self.caller, node=node,
+                    error=None, skip_metrics=self.skip_metrics, attempts=self.attempts,
+                    backup_sent=self.backup_sent, started=self.started)
 
 
 Next = Callable[[Call], Awaitable[Reply]]

@@ -97,16 +97,18 @@ class _Connection(asyncio.Protocol):
             if self._received - self._size > _MAX_RESPONSE_HEAD + 16 * self._chunks:
                 raise _Failed(f"answered a head (or chunk framing) over {_MAX_RESPONSE_HEAD} "
                               "bytes", answered=True, error_class="5xx")
-        except _Failed as exc:
-            self._fail(exc)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self._fail(cause if isinstance(cause, _Failed) else _Failed(str(cause or exc),
-                                                                          answered=True))
+        # Each handler names its exception apart: compiled (agent/native.py), a name keeps
+        # the type of its first binding.
+        except _Failed as failed:
+            self._fail(failed)
+        except httptools.HttpParserCallbackError as callback_error:
+            cause = callback_error.__context__
+            self._fail(cause if isinstance(cause, _Failed) else _Failed(
+                str(cause or callback_error), answered=True))
         except httptools.HttpParserUpgrade:
             self._fail(_Failed("answered with a protocol upgrade", answered=True))
-        except httptools.HttpParserError as exc:
-            self._fail(_Failed(f"malformed response: {exc}", answered=True))
+        except httptools.HttpParserError as malformed:
+            self._fail(_Failed(f"malformed response: {malformed}", answered=True))
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -282,9 +284,9 @@ class Forwarder:
                 # A kept-alive connection the node closed as we wrote (no byte came back):
                 # most likely it closed the idle connection before reading the call; an
                 # idempotent call is tried once more on a fresh connection.
-                if retry and reused and not exc.answered:
-                    continue
-                raise UpstreamError(exc.error_class, f"node {node.id} failed: {exc}") from None
+                if not (retry and reused and not exc.answered):
+                    raise UpstreamError(exc.error_class,
+                                        f"node {node.id} failed: {exc}") from None
             except TimeoutError:
                 conn.reusable = False
                 raise UpstreamError("timeout", f"node {node.id} did not answer within "

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -188,18 +188,20 @@ class _Connection(asyncio.Protocol):
                 self._measure_head(len(data))
             elif in_body and self._in_body and not self._began_in_read:
                 self._measure_framing(len(data))
-        except _Rejected as exc:
-            self._reject(exc.status, exc.reason, str(exc))
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
+        # Each handler names its exception apart: compiled (agent/native.py), a name keeps
+        # the type of its first binding.
+        except _Rejected as rejected:
+            self._reject(rejected.status, rejected.reason, str(rejected))
+        except httptools.HttpParserCallbackError as failed:
+            cause = failed.__context__
             if not isinstance(cause, _Rejected):
                 raise
             self._reject(cause.status, cause.reason, str(cause))
         except httptools.HttpParserUpgrade:
             self._reject(501, "upgrade", "upgrades and CONNECT are not supported")
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as malformed:
             if not self._last_request:  # else: bytes after a Connection: close, ignored
-                self._reject(400, "malformed", f"malformed request: {exc}")
+                self._reject(400, "malformed", f"malformed request: {malformed}")
 
     def _measure_head(self, read: int) -> None:
         """Refuse a head over ``max_header_bytes`` even while its line has not ended.
@@ -439,7 +441,8 @@ class HttpServer:
         self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port,
                                                 reuse_address=True, backlog=1024)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        server: Any = self._server  # its sockets are a list on uvloop, not a tuple
+        self.port = int(server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
 
     def _sweep_every(self) -> float:

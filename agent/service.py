@@ -37,6 +37,7 @@ from agent.filters import (
 from agent.forwarder import HOP_BY_HOP, Forwarder
 from agent.http_server import HttpServer, InboundRequest
 from agent.naming import MetricNaming
+from agent.native import data_path
 from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
 from registry.client import BaseClient, Registration, open_registry
@@ -139,7 +140,7 @@ class AgentService:
         self._ready = True
         log.info("agent listening", extra={"service": config.service, "port": self.port,
                                            "role": "server" if config.is_server_side
-                                           else "client"})
+                                           else "client", "data_path": data_path()})
 
     async def _register(self) -> None:
         assert self._client is not None
@@ -259,12 +260,14 @@ class AgentService:
         elif not NAME_PATTERN.fullmatch(caller):
             self.agent_metrics.bad_requests.labels("caller").inc()
             return error_reply(400, f"bad {_CALLER_HEADER} header")
-        if not self.config.is_server_side and self.directory is not None:
+        directory = self.directory
+        if (not self.config.is_server_side and directory is not None
+                and directory.current(service) is None):  # watched already: no coroutine
             try:
-                await self.directory.view(service)
-            except TooManyServices as exc:
+                await directory.view(service)
+            except TooManyServices as too_many:
                 self.agent_metrics.bad_requests.labels("too_many_services").inc()
-                return error_reply(503, str(exc))
+                return error_reply(503, str(too_many))
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
                     body=request.body, caller=caller)
         try:
@@ -310,6 +313,7 @@ class AgentService:
             "filters": [f.name for f in self.filters],
             "active_filters": [f.name for f in self._active_filters],
             "load_balancer": self.config.load_balancer,
+            "data_path": data_path(),
             "services": services,
             "last_changes": list(directory.changes)[-20:] if directory else [],
             "last_commands": await self._last_commands(names),

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from agent.call import Call, Next, Reply
+from agent.native import data_path
 from agent.service import AgentService
 from registry.model import Node
 from tests.conftest import free_port
@@ -50,6 +51,7 @@ async def test_pair_routes_measures_and_reports(mesh: Mesh) -> None:
     status, _, body = await mesh.get(client, "/runtime")
     runtime = json.loads(body)
     assert runtime["role"] == "client"
+    assert runtime["data_path"] == data_path()  # compiled or not, as this process sees it
     access_on = logging.getLogger("tidemark.agent.access").isEnabledFor(logging.INFO)
     assert runtime["active_filters"] == [f for f in runtime["filters"]
                                          if f != "access_log" or access_on]
