@@ -3,9 +3,17 @@
 Every component is its own process on loopback: the embedded registry (`tidemark
 registry`), the upstream (a minimal aiohttp app), the server-side agent (`tidemark agent
 --upstream`), the client-side agent (`tidemark agent`), and a TCP sink standing in for the
-collector. The load generator (aiohttp, this process) measures:
+collector. Two load generators measure max sustained rps (``--concurrency`` closed-loop
+connections for ``--seconds``), each against direct and against the pair in the same round:
 
-- max sustained rps: ``--concurrency`` closed-loop workers for ``--seconds``;
+- ``wrk`` (Debian ``wrk``, C, one thread by default): costs a few microseconds per call, so
+  the direct arm is bounded by the upstream rather than by the generator;
+- aiohttp in this process: costs about 50 us per call, so on a small machine it bounds the
+  direct arm itself and takes CPU from the processes under test.
+
+``--load`` picks ``wrk``, ``aiohttp`` or ``both`` (the default; ``aiohttp`` alone when wrk is
+not installed). The aiohttp generator also measures:
+
 - latency at a fixed rate (default 1,000 rps, open loop: latency counted from each
   request's scheduled send time, so a stall is not hidden) for ``--seconds``: p50, p99.
 
@@ -15,7 +23,7 @@ the medians, and each process's CPU microseconds per call in the max-rps runs. W
 (``benchmarks/minimal_proxy.py``: uvloop + httptools, a task per request, nothing else),
 the floor for any Python sidecar on this machine. Usage:
 .venv/bin/python benchmarks/agent_sidecar_overhead.py [--seconds 10] [--rate 1000]
-[--concurrency 32] [--rounds 2] [--floor]
+[--concurrency 32] [--rounds 2] [--floor] [--load both|wrk|aiohttp] [--wrk-threads 1]
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -127,6 +137,48 @@ async def max_rps(session: aiohttp.ClientSession, url: str, seconds: float,
     return result
 
 
+# Prints one JSON line when wrk is done: its counts, so errors are never mistaken for calls.
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, '
+    .. '"status": %d, "timeout": %d}\\n', summary.requests, summary.duration, e.connect,
+    e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def wrk_max_rps(url: str, seconds: float, concurrency: int, threads: int, script: Path,
+                pids: dict[str, int] | None = None) -> dict[str, float]:
+    """Closed-loop max rps from wrk; with ``pids``, also each process's CPU microseconds
+    per call (``load_generator`` is wrk: the CPU of children reaped during the run)."""
+    pids = pids or {}
+    cpu_before = {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s",
+         "--timeout", "5s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 60, check=False)
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("WRK_JSON ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[:300]}")
+    report = json.loads(lines[-1][len("WRK_JSON "):])
+    errors = sum(report[k] for k in ("connect", "read", "write", "status", "timeout"))
+    calls = max(int(report["requests"]), 1)
+    elapsed = report["duration_us"] / 1e6
+    result: dict[str, float] = {"rps": round((calls - report["status"]) / elapsed, 1),
+                                "errors": errors}
+    result["cpu_us_per_call.load_generator"] = round(
+        (usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime
+         - usage_before.ru_stime) / calls * 1e6, 1)
+    for name, pid in pids.items():
+        result[f"cpu_us_per_call.{name}"] = round(
+            (process_tree_cpu_seconds(pid) - cpu_before[name]) / calls * 1e6, 1)
+    return result
+
+
 async def fixed_rate(session: aiohttp.ClientSession, url: str, seconds: float,
                      rate: float) -> dict[str, float]:
     latencies: list[float] = []
@@ -169,6 +221,12 @@ async def fixed_rate(session: aiohttp.ClientSession, url: str, seconds: float,
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    loads = ["wrk", "aiohttp"] if args.load == "both" else [args.load]
+    if "wrk" in loads and shutil.which("wrk") is None:
+        if args.load == "wrk":
+            raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+        print("wrk is not installed: measuring max rps with aiohttp only", file=sys.stderr)
+        loads = ["aiohttp"]
     tmp = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     procs: list[subprocess.Popen[bytes]] = []
@@ -217,6 +275,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 floor = f"http://127.0.0.1:{floor_in}/hello"
                 await wait_healthy(session, floor, floor_procs[1])
                 arms.append(("floor", floor))
+            script = tmp / "report.lua"
+            script.write_text(WRK_REPORT)
             for _, url in arms:  # warm up connections and code paths
                 await max_rps(session, url, 2.0, args.concurrency)
             pids = {"upstream": upstream.pid, "server_agent": server_agent.pid,
@@ -226,9 +286,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             for _ in range(args.rounds):
                 row: dict[str, object] = {}
                 for name, url in arms:
-                    row[f"{name}_max"] = await max_rps(session, url, args.seconds,
-                                                       args.concurrency, pids)
-                    await asyncio.sleep(1.0)
+                    if "wrk" in loads:
+                        row[f"{name}_max_wrk"] = await asyncio.to_thread(
+                            wrk_max_rps, url, args.seconds, args.concurrency,
+                            args.wrk_threads, script, pids)
+                        await asyncio.sleep(1.0)
+                    if "aiohttp" in loads:
+                        row[f"{name}_max"] = await max_rps(session, url, args.seconds,
+                                                           args.concurrency, pids)
+                        await asyncio.sleep(1.0)
                     row[f"{name}_at_rate"] = await fixed_rate(session, url, args.seconds,
                                                               args.rate)
                     await asyncio.sleep(1.0)
@@ -246,28 +312,43 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     def med(key: str, field: str) -> float:
         return statistics.median(float(r[key][field]) for r in rounds)  # type: ignore[index]
 
-    summary = {
-        "direct_max_rps": med("direct_max", "rps"), "pair_max_rps": med("pair_max", "rps"),
-        "pair_over_direct_max_rps": round(med("pair_max", "rps") / med("direct_max", "rps"), 3),
+    summary: dict[str, object] = {
         "direct_p50_ms": med("direct_at_rate", "p50_ms"),
         "pair_p50_ms": med("pair_at_rate", "p50_ms"),
         "direct_p99_ms": med("direct_at_rate", "p99_ms"),
         "pair_p99_ms": med("pair_at_rate", "p99_ms"),
-        "client_agent_cpu_us_per_call": med("pair_max", "cpu_us_per_call.client_agent"),
-        "server_agent_cpu_us_per_call": med("pair_max", "cpu_us_per_call.server_agent"),
-        "upstream_cpu_us_per_call": med("direct_max", "cpu_us_per_call.upstream"),
-        "load_generator_cpu_us_per_call": med("direct_max",
-                                              "cpu_us_per_call.load_generator"),
     }
-    if args.floor:
-        summary["floor_max_rps"] = med("floor_max", "rps")
-        summary["floor_over_direct_max_rps"] = round(
-            med("floor_max", "rps") / med("direct_max", "rps"), 3)
-        summary["floor_proxy_cpu_us_per_call"] = med("floor_max", "cpu_us_per_call.floor_0")
-    summary["added_p50_ms"] = round(summary["pair_p50_ms"] - summary["direct_p50_ms"], 3)
-    summary["added_p99_ms"] = round(summary["pair_p99_ms"] - summary["direct_p99_ms"], 3)
+    summary["added_p50_ms"] = round(med("pair_at_rate", "p50_ms")
+                                    - med("direct_at_rate", "p50_ms"), 3)
+    summary["added_p99_ms"] = round(med("pair_at_rate", "p99_ms")
+                                    - med("direct_at_rate", "p99_ms"), 3)
+    for load in loads:
+        suffix = "_wrk" if load == "wrk" else ""
+        direct_rps, pair_rps = med(f"direct_max{suffix}", "rps"), med(f"pair_max{suffix}", "rps")
+        by_load: dict[str, float] = {
+            "direct_max_rps": direct_rps, "pair_max_rps": pair_rps,
+            "pair_over_direct_max_rps": round(pair_rps / direct_rps, 3),
+            # the ratio of each round's own pair and direct runs, then their median
+            "pair_over_direct_per_round_median": round(statistics.median(
+                float(r[f"pair_max{suffix}"]["rps"])  # type: ignore[index]
+                / float(r[f"direct_max{suffix}"]["rps"]) for r in rounds), 3),  # type: ignore[index]
+            "client_agent_cpu_us_per_call": med(f"pair_max{suffix}",
+                                                "cpu_us_per_call.client_agent"),
+            "server_agent_cpu_us_per_call": med(f"pair_max{suffix}",
+                                                "cpu_us_per_call.server_agent"),
+            "upstream_cpu_us_per_call": med(f"direct_max{suffix}", "cpu_us_per_call.upstream"),
+            "load_generator_cpu_us_per_call": med(f"direct_max{suffix}",
+                                                  "cpu_us_per_call.load_generator"),
+        }
+        if args.floor:
+            by_load["floor_max_rps"] = med(f"floor_max{suffix}", "rps")
+            by_load["floor_over_direct_max_rps"] = round(
+                by_load["floor_max_rps"] / direct_rps, 3)
+            by_load["floor_proxy_cpu_us_per_call"] = med(f"floor_max{suffix}",
+                                                          "cpu_us_per_call.floor_0")
+        summary[f"max_rps_{load}"] = by_load
     return {"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency,
-            "rounds": rounds, "median": summary}
+            "loads": loads, "rounds": rounds, "median": summary}
 
 
 def main() -> int:
@@ -279,6 +360,10 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true",
                         help="also run a pair of minimal Python proxies "
                              "(benchmarks/minimal_proxy.py) as the floor")
+    parser.add_argument("--load", choices=("both", "wrk", "aiohttp"), default="both",
+                        help="the max-rps load generator(s); the fixed-rate latency run "
+                             "always uses aiohttp")
+    parser.add_argument("--wrk-threads", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
     return 0
