@@ -21,10 +21,12 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-# The agent's data path compiled in place with mypyc (agent/native.py), again whenever an
-# agent source changes. Without a C compiler it stays interpreted, and setup.py says so.
-$(VENV)/.compiled: $(VENV)/.installed setup.py $(wildcard agent/*.py)
-	$(PY) setup.py -q build_ext --inplace
+# The agent's data path compiled in place with mypyc (agent/native.py), again whenever a
+# source it depends on changes. With a C compiler a failed compile fails the build; without
+# one the data path stays interpreted, and setup.py says so.
+$(VENV)/.compiled: $(VENV)/.installed setup.py $(shell find agent registry tidemark -name '*.py')
+	TIDEMARK_COMPILE=$$(command -v cc >/dev/null && echo require || echo 1) \
+		$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 compile: $(VENV)/.compiled
@@ -73,4 +75,4 @@ bench: venv compile bench-peers
 	$(PY) benchmarks/capacity_curve.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build agent/*.so agent/compiled-sources.json

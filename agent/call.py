@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from agent.balancer import Endpoint
 
 __all__ = ["Call", "Reply", "Next", "Filter", "UpstreamError", "NodeUnavailable",
@@ -22,6 +24,8 @@ __all__ = ["Call", "Reply", "Next", "Filter", "UpstreamError", "NodeUnavailable"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
+# User filters may raise subclasses of these (compiled, see agent/native.py).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamError(Exception):
     """A call to a node failed: ``error_class`` is ``connection`` or ``timeout``.
 
@@ -35,6 +39,7 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NodeUnavailable(UpstreamError):
     """The node was skipped without sending anything (breaker open)."""
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
+from mypy_extensions import mypyc_attr
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.balancer import Balancer, Endpoint, make_balancer
@@ -96,6 +97,7 @@ class FilterContext:
     clock: Callable[[], float] = time.monotonic
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class AccessLogFilter:
     """One JSON log line per call: method, path, status, ms, node, error."""
 
@@ -121,6 +123,7 @@ class AccessLogFilter:
         return reply
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class MetricsFilter:
     """Records every call that reached the service into the recorder."""
 
@@ -149,6 +152,7 @@ class MetricsFilter:
                                       caller=call.caller or self._ctx.config.service)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class SwitcherFilter:
     """Degraded services are not called: the fallback answers at once.
 
@@ -182,6 +186,7 @@ class SwitcherFilter:
         return await next_(call)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class ActiveLimitFilter:
     """At most ``max_active`` calls in flight; the excess gets 429 and is counted."""
 
@@ -236,6 +241,7 @@ class _Rolling:
         return sum(self.backups) + 1 <= ratio * sum(self.requests)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class FailoverFilter:
     """Picks a node per attempt; fails over on connection errors; sends backup requests.
 
@@ -386,6 +392,7 @@ class FailoverFilter:
                 await asyncio.gather(*pending, return_exceptions=True)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
 class CircuitBreakerFilter:
     """Per node: refuses calls while the node's breaker is open (failover moves on)."""
 

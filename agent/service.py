@@ -17,6 +17,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -235,17 +236,21 @@ class AgentService:
         rest = "/" + (parts[2] if len(parts) > 2 else "")
         return service, rest + (sep + query if sep else "")
 
-    async def _handle(self, request: InboundRequest) -> Reply:
-        """The agent's own endpoints, else proxy the call."""
+    def _handle(self, request: InboundRequest) -> Awaitable[Reply]:
+        """The agent's own endpoints, else proxy the call (the proxy's coroutine is handed
+        back as it is, not awaited in one more)."""
         path = request.raw_path.partition("?")[0]
         if path in RESERVED_PATHS and request.method in ("GET", "HEAD"):
-            if path == "/healthz":
-                return json_reply(*health(self._ready), **_JSON_UTF8)
-            if path == "/metrics":
-                return Reply(200, {"Content-Type": CONTENT_TYPE_LATEST},
-                             generate_latest(self.metrics))
-            return json_reply(200, await self._runtime(), **_JSON_UTF8)
-        return await self._proxy(request)
+            return self._own_endpoint(path)
+        return self._proxy(request)
+
+    async def _own_endpoint(self, path: str) -> Reply:
+        if path == "/healthz":
+            return json_reply(*health(self._ready), **_JSON_UTF8)
+        if path == "/metrics":
+            return Reply(200, {"Content-Type": CONTENT_TYPE_LATEST},
+                         generate_latest(self.metrics))
+        return json_reply(200, await self._runtime(), **_JSON_UTF8)
 
     async def _proxy(self, request: InboundRequest) -> Reply:
         try:

@@ -12,24 +12,37 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent.native import COMPILED_MODULES, MANIFEST, reason_to_interpret, source_digest
+from agent.native import (
+    COMPILED_MODULES,
+    MANIFEST,
+    SHARED_LIBRARY,
+    reason_to_interpret,
+    source_digests,
+)
 
 MODULES = ("alpha", "beta")
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _package(tmp_path: Path, *, compiled: tuple[str, ...] = MODULES,
+def _package(tmp_path: Path, *, compiled: tuple[str, ...] = (*MODULES, SHARED_LIBRARY),
              manifest: bool = True) -> Path:
-    """A package directory with sources, (fake) compiled forms and a manifest."""
+    """``tmp_path/pkg``: sources, (fake) compiled forms and a manifest, as a build leaves."""
+    package = tmp_path / "pkg"
+    package.mkdir()
     for name in MODULES:
-        (tmp_path / f"{name}.py").write_text(f"NAME = {name!r}\n")
+        (package / f"{name}.py").write_text(f"NAME = {name!r}\n")
     for name in compiled:
-        (tmp_path / f"{name}{SUFFIX}").write_bytes(b"\x7fELF")
+        (package / f"{name}{SUFFIX}").write_bytes(b"\x7fELF")
     if manifest:
-        (tmp_path / MANIFEST).write_text(json.dumps(
-            {name: source_digest(tmp_path / f"{name}.py") for name in MODULES}))
-    return tmp_path
+        (package / MANIFEST).write_text(json.dumps({
+            "python": sys.implementation.cache_tag,
+            "sources": source_digests(tmp_path, ("pkg",))}))
+    return package
+
+
+def _reason(package: Path) -> str | None:
+    return reason_to_interpret(package, MODULES, ("pkg",))
 
 
 @pytest.fixture(autouse=True)
@@ -38,34 +51,76 @@ def _no_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_current_compiled_forms_are_used(tmp_path: Path) -> None:
-    assert reason_to_interpret(_package(tmp_path), MODULES) is None
+    assert _reason(_package(tmp_path)) is None
 
 
 def test_nothing_compiled_needs_no_steering(tmp_path: Path) -> None:
-    assert reason_to_interpret(_package(tmp_path, compiled=(), manifest=False), MODULES) is None
+    assert _reason(_package(tmp_path, compiled=(), manifest=False)) is None
 
 
 def test_an_edited_source_runs_interpreted(tmp_path: Path) -> None:
     package = _package(tmp_path)
     (package / "beta.py").write_text("NAME = 'edited'\n")
-    assert reason_to_interpret(package, MODULES) == (
-        "beta.py changed since it was compiled (run make compile)")
+    assert _reason(package) == "pkg/beta.py changed since the build (run make compile)"
+
+
+def test_a_new_source_runs_interpreted(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    (package / "gamma.py").write_text("NAME = 'new'\n")
+    assert _reason(package) == "pkg/gamma.py changed since the build (run make compile)"
 
 
 def test_a_missing_compiled_module_runs_all_interpreted(tmp_path: Path) -> None:
-    reason = reason_to_interpret(_package(tmp_path, compiled=("alpha",)), MODULES)
-    assert reason == "beta.py has no compiled form"
+    reason = _reason(_package(tmp_path, compiled=("alpha", SHARED_LIBRARY)))
+    assert reason == "beta has no compiled form (run make compile)"
+
+
+def test_a_missing_shared_library_runs_all_interpreted(tmp_path: Path) -> None:
+    reason = _reason(_package(tmp_path, compiled=MODULES))
+    assert reason == f"{SHARED_LIBRARY} has no compiled form (run make compile)"
+
+
+def test_a_compiled_module_left_by_an_older_build_runs_all_interpreted(tmp_path: Path) -> None:
+    reason = _reason(_package(tmp_path, compiled=(*MODULES, SHARED_LIBRARY, "gone")))
+    assert reason == "gone is compiled but not in the compiled list (run make compile)"
 
 
 def test_compiled_forms_without_a_manifest_run_interpreted(tmp_path: Path) -> None:
-    reason = reason_to_interpret(_package(tmp_path, manifest=False), MODULES)
+    reason = _reason(_package(tmp_path, manifest=False))
     assert reason == f"no readable {MANIFEST} beside the compiled modules"
+
+
+def test_forms_built_for_another_python_run_interpreted(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    recorded = json.loads((package / MANIFEST).read_text())
+    (package / MANIFEST).write_text(json.dumps({**recorded, "python": "cpython-39"}))
+    assert _reason(package) == f"compiled for cpython-39, running {sys.implementation.cache_tag}"
 
 
 def test_the_environment_forces_interpreted(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIDEMARK_INTERPRETED", "1")
-    assert reason_to_interpret(_package(tmp_path), MODULES) == "TIDEMARK_INTERPRETED is set"
+    assert _reason(_package(tmp_path)) == "TIDEMARK_INTERPRETED is set"
+
+
+def test_user_code_may_extend_the_errors_and_filters() -> None:
+    """Compiled classes refuse interpreted subclasses unless marked; these are marked."""
+    from agent.call import NodeUnavailable, UpstreamError
+    from agent.filters import MetricsFilter
+
+    class Refused(UpstreamError):
+        pass
+
+    class Skipped(NodeUnavailable):
+        pass
+
+    class CountingMetrics(MetricsFilter):
+        name = "counting_metrics"
+
+    error = Refused("5xx", "the node refused")
+    assert isinstance(error, UpstreamError) and error.error_class == "5xx"
+    assert Skipped("breaker open").sent is False
+    assert CountingMetrics.name == "counting_metrics"
 
 
 def _loaded_forms(env: dict[str, str]) -> dict[str, object]:
