@@ -15,7 +15,6 @@ import json
 import os
 import runpy
 import sys
-from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,8 @@ class OptionalBuildExt(build_ext):
         package = Path(self.get_ext_fullpath("agent.call")).parent
         manifest = package / NATIVE["MANIFEST"]
         manifest.unlink(missing_ok=True)
-        for suffix in EXTENSION_SUFFIXES:  # forms of modules no longer compiled
-            for old in package.glob(f"*{suffix}"):
-                old.unlink()
+        for old in NATIVE["compiled_forms"](package).values():  # incl. ones no longer listed
+            old.unlink()
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure

@@ -32,7 +32,8 @@ from pathlib import Path
 from types import ModuleType
 
 __all__ = ["COMPILED_MODULES", "SHARED_LIBRARY", "MANIFEST", "TRACKED_PACKAGES",
-           "source_digests", "reason_to_interpret", "use_interpreted", "data_path"]
+           "source_digests", "compiled_forms", "reason_to_interpret", "use_interpreted",
+           "data_path"]
 
 #: The modules of the data path compiled by setup.py (names inside the ``agent`` package).
 #: ``directory`` stays interpreted: it is off the per-call path (a dict lookup per call), and
@@ -58,7 +59,7 @@ def source_digests(base: Path, packages: Sequence[str] = TRACKED_PACKAGES) -> di
             for package in packages for path in sorted((base / package).rglob("*.py"))}
 
 
-def _extensions(directory: Path) -> dict[str, Path]:
+def compiled_forms(directory: Path) -> dict[str, Path]:
     """The compiled modules present in ``directory``, by module name."""
     found: dict[str, Path] = {}
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -76,7 +77,7 @@ def reason_to_interpret(directory: Path = _PACKAGE_DIR,
     are complete and current (or there are none: then nothing needs steering)."""
     if os.environ.get("TIDEMARK_INTERPRETED", "") not in ("", "0"):
         return "TIDEMARK_INTERPRETED is set"
-    present = _extensions(directory)
+    present = compiled_forms(directory)
     if not present:
         return None
     stray = sorted(set(present) - set(modules) - {SHARED_LIBRARY})
@@ -121,7 +122,7 @@ _reason: str | None = None
 
 
 def use_interpreted() -> None:
-    """Steer imports of the compiled modules to their sources when they must run
+    """Steer imports of every agent module to its source when the data path must run
     interpreted; called once by ``agent/__init__.py`` before any of them is imported."""
     global _reason
     _reason = reason_to_interpret()

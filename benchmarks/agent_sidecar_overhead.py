@@ -106,7 +106,7 @@ async def max_rps(session: aiohttp.ClientSession, url: str, seconds: float,
     """Closed-loop max rps; with ``pids``, also each process's CPU microseconds per call
     (``load_generator`` is this process)."""
     pids = pids or {}
-    cpu_before = {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = _cpu_now(pids)
     lg_before = time.process_time()
     done = errors = 0
     stop_at = time.perf_counter() + seconds
@@ -127,13 +127,22 @@ async def max_rps(session: aiohttp.ClientSession, url: str, seconds: float,
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    result: dict[str, float] = {"rps": round(done / elapsed, 1), "errors": errors}
-    calls = max(done + errors, 1)
-    result["cpu_us_per_call.load_generator"] = round(
-        (time.process_time() - lg_before) / calls * 1e6, 1)
+    return {"rps": round(done / elapsed, 1), "errors": errors,
+            **_cpu_per_call(pids, cpu_before, max(done + errors, 1),
+                            time.process_time() - lg_before)}
+
+
+def _cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    return {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def _cpu_per_call(pids: dict[str, int], before: dict[str, float], calls: int,
+                  load_generator_seconds: float) -> dict[str, float]:
+    """CPU microseconds per call: the load generator's, and each process's since ``before``."""
+    result = {"cpu_us_per_call.load_generator": round(load_generator_seconds / calls * 1e6, 1)}
     for name, pid in pids.items():
         result[f"cpu_us_per_call.{name}"] = round(
-            (process_tree_cpu_seconds(pid) - cpu_before[name]) / calls * 1e6, 1)
+            (process_tree_cpu_seconds(pid) - before[name]) / calls * 1e6, 1)
     return result
 
 
@@ -154,7 +163,7 @@ def wrk_max_rps(url: str, seconds: float, concurrency: int, threads: int, script
     """Closed-loop max rps from wrk; with ``pids``, also each process's CPU microseconds
     per call (``load_generator`` is wrk: the CPU of children reaped during the run)."""
     pids = pids or {}
-    cpu_before = {name: process_tree_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = _cpu_now(pids)
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s",
@@ -168,15 +177,10 @@ def wrk_max_rps(url: str, seconds: float, concurrency: int, threads: int, script
     errors = sum(report[k] for k in ("connect", "read", "write", "status", "timeout"))
     calls = max(int(report["requests"]), 1)
     elapsed = report["duration_us"] / 1e6
-    result: dict[str, float] = {"rps": round((calls - report["status"]) / elapsed, 1),
-                                "errors": errors}
-    result["cpu_us_per_call.load_generator"] = round(
-        (usage_after.ru_utime + usage_after.ru_stime - usage_before.ru_utime
-         - usage_before.ru_stime) / calls * 1e6, 1)
-    for name, pid in pids.items():
-        result[f"cpu_us_per_call.{name}"] = round(
-            (process_tree_cpu_seconds(pid) - cpu_before[name]) / calls * 1e6, 1)
-    return result
+    wrk_seconds = (usage_after.ru_utime + usage_after.ru_stime
+                   - usage_before.ru_utime - usage_before.ru_stime)
+    return {"rps": round((calls - report["status"]) / elapsed, 1), "errors": errors,
+            **_cpu_per_call(pids, cpu_before, calls, wrk_seconds)}
 
 
 async def fixed_rate(session: aiohttp.ClientSession, url: str, seconds: float,

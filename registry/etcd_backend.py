@@ -369,17 +369,12 @@ class EtcdRegistryClient(BaseClient):
             put = request.success.add().request_put
             put.key = config_key
             put.value = _encode({"flat": new_flat, "next_id": command.id + 1}).encode()
-            if seen.history is None:  # only the new command is written (no revert)
-                put = request.success.add().request_put
-                put.key = b"%s%012d" % (history_prefix, command.id)
-                put.value = _encode(command.to_dict()).encode()
-            else:
-                before = {c.id: c for c in seen.history}
-                for item in new_history:
-                    if before.get(item.id) != item:  # the new command, or one a revert touched
-                        put = request.success.add().request_put
-                        put.key = b"%s%012d" % (history_prefix, item.id)
-                        put.value = _encode(item.to_dict()).encode()
+            before = {c.id: c for c in seen.history or ()}
+            for item in new_history:
+                if before.get(item.id) != item:  # the new command, or one a revert touched
+                    put = request.success.add().request_put
+                    put.key = _history_key(history_prefix, item.id)
+                    put.value = _encode(item.to_dict()).encode()
             # Older history keys are pruned every _PRUNE_EVERY commands, not in every
             # transaction (readers take the last MAX_HISTORY), which keeps a command's
             # transaction to its two puts most of the time. Ids are consecutive, so each
@@ -389,8 +384,8 @@ class EtcdRegistryClient(BaseClient):
             oldest_kept = command.id - MAX_HISTORY + 1
             if oldest_kept > 1 and command.id % _PRUNE_EVERY == 0:
                 delete = request.success.add().request_delete_range
-                delete.key = b"%s%012d" % (history_prefix, max(0, oldest_kept - _PRUNE_SPAN))
-                delete.range_end = b"%s%012d" % (history_prefix, oldest_kept)
+                delete.key = _history_key(history_prefix, max(0, oldest_kept - _PRUNE_SPAN))
+                delete.range_end = _history_key(history_prefix, oldest_kept)
             request.failure.add().request_range.key = config_key
             reply = await self._kv("Txn", request)
             if reply.succeeded:
@@ -431,10 +426,9 @@ class EtcdRegistryClient(BaseClient):
                      history=commands)
 
     async def _read_config(self, service: str, *, with_history: bool) -> _Seen:
-        config_key = self._command_keys(service)[0]
+        config_key, prefix = self._command_keys(service)
         ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=config_key))]
         if with_history:
-            prefix = self._history_prefix(service)
             ops.append(rpc.RequestOp(request_range=rpc.RangeRequest(
                 key=prefix, range_end=aetcd.utils.prefix_range_end(prefix))))
         # One read transaction, so config and history come from the same revision.
@@ -511,6 +505,11 @@ class EtcdRegistryClient(BaseClient):
             raise RegistryUnavailable("etcd watch stream was cancelled") from None
         finally:
             call.cancel()
+
+
+def _history_key(history_prefix: bytes, command_id: int) -> bytes:
+    """The key of one command under a service's history prefix (ids sort as digits)."""
+    return b"%s%012d" % (history_prefix, command_id)
 
 
 def _watch_ok(response: Any) -> bool:

@@ -158,3 +158,21 @@ def test_bucket_constants_module_imports_only_the_standard_library() -> None:
     imported |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "math", "collections"}
+
+
+def test_an_attempt_copies_every_field_of_the_call_but_node_and_error() -> None:
+    """Call.for_node lists the fields it copies (it is on the per-attempt path): a field
+    added to Call and left out of that list would silently fall back to its default."""
+    import dataclasses
+
+    from agent.call import Call
+
+    call = Call(service="user", method="POST", path_qs="/x?y=1", headers={"A": "b"},
+                body=b"payload", caller="web", node=Endpoint("old", "10.0.0.1:80", "bj", 10),
+                error="timeout", skip_metrics=True, attempts=2, backup_sent=True,
+                started=123.5)
+    node = Endpoint("new", "10.0.0.2:80", "sh", 10)
+    attempt = call.for_node(node)
+    for f in dataclasses.fields(Call):
+        expected = {"node": node, "error": None}.get(f.name, getattr(call, f.name))
+        assert getattr(attempt, f.name) == expected, f.name

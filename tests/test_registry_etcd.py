@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,14 @@ from tests.test_registry_helpers import make_backend, next_matching, unique
 def test_bad_etcd_urls_are_rejected(url: str) -> None:
     with pytest.raises(ValueError, match="registry URL"):
         parse_etcd_url(url)
+
+
+def _raw_client(url: str) -> Any:
+    """An aetcd client on the same etcd, without our layer (to act behind its back)."""
+    import aetcd
+
+    host, port = url[len("etcd://"):].split(":")
+    return aetcd.Client(host=host, port=int(port), timeout=5)
 
 
 def test_endpoint_list_is_parsed() -> None:
@@ -52,11 +61,8 @@ async def test_client_fails_over_to_the_next_endpoint(tmp_path: Path) -> None:
 
 
 async def test_lost_lease_is_replaced_by_the_next_heartbeat(tmp_path: Path) -> None:
-    import aetcd
-
     backend = await make_backend("etcd", tmp_path)
-    host, port = backend.url[len("etcd://"):].split(":")
-    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    raw = _raw_client(backend.url)
     service = unique("lease")
     client = backend.client()
     try:
@@ -112,11 +118,8 @@ async def test_update_racing_a_re_registration_keeps_the_node_on_the_live_lease(
     # The lease is lost; the heartbeat registers again (new lease) while an update, still
     # holding the old lease, runs: both must not each take a lease. The node must end on
     # the lease the registration refreshes, with the updated record.
-    import aetcd
-
     backend = await make_backend("etcd", tmp_path)
-    host, port = backend.url[len("etcd://"):].split(":")
-    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    raw = _raw_client(backend.url)
     service = unique("race")
     client = backend.client()
     try:
@@ -156,14 +159,11 @@ async def test_update_racing_a_re_registration_keeps_the_node_on_the_live_lease(
 
 
 async def test_history_keys_past_the_last_100_are_pruned(tmp_path: Path) -> None:
-    import aetcd
-
     from registry.commands import MAX_HISTORY
     from registry.etcd_backend import _PRUNE_EVERY
 
     backend = await make_backend("etcd", tmp_path)
-    host, port = backend.url[len("etcd://"):].split(":")
-    raw = aetcd.Client(host=host, port=int(port), timeout=5)
+    raw = _raw_client(backend.url)
     service = unique("prune")
     client = backend.client()
     try:
