@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -47,31 +46,58 @@ class NodeUnavailable(UpstreamError):
         super().__init__("connection", message, sent=False)
 
 
-@dataclass(frozen=True)
+# Reply and Call are plain classes, not dataclasses: compiled (agent/native.py), their
+# constructors are native code, where a dataclass's generated __init__ would run
+# interpreted, twice per proxied call.
 class Reply:
-    """An answer to the caller."""
+    """An answer to the caller; its fields are read-only."""
 
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    def __init__(self, status: int, headers: Mapping[str, str] | None = None,
+                 body: bytes = b"") -> None:
+        self.status: Final = status
+        self.headers: Final[Mapping[str, str]] = {} if headers is None else headers
+        self.body: Final = body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reply):
+            return NotImplemented
+        return (self.status, dict(self.headers), self.body) == \
+            (other.status, dict(other.headers), other.body)
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and headers are mutable
+
+    def __repr__(self) -> str:
+        return f"Reply(status={self.status!r}, headers={self.headers!r}, body={self.body!r})"
 
 
-@dataclass
 class Call:
-    """One inbound call and what the filters learned about it."""
+    """One inbound call and what the filters learned about it.
 
-    service: str
-    method: str
-    path_qs: str  # path and query to send upstream
-    headers: Mapping[str, str]
-    body: bytes
-    caller: str | None = None
-    node: Endpoint | None = None
-    error: str | None = None  # error class, set by whoever knows
-    skip_metrics: bool = False  # degraded or rejected: the service was not called
-    attempts: int = 0
-    backup_sent: bool = False
-    started: float = field(default_factory=time.perf_counter)
+    ``started`` is ``time.perf_counter()`` when the call was made, unless given.
+    """
+
+    def __init__(self, service: str, method: str, path_qs: str, headers: Mapping[str, str],
+                 body: bytes, caller: str | None = None, node: Endpoint | None = None,
+                 error: str | None = None, skip_metrics: bool = False, attempts: int = 0,
+                 backup_sent: bool = False, started: float | None = None) -> None:
+        self.service = service
+        self.method = method
+        self.path_qs = path_qs  # path and query to send upstream
+        self.headers = headers
+        self.body = body
+        self.caller = caller
+        self.node = node
+        self.error = error  # error class, set by whoever knows
+        self.skip_metrics = skip_metrics  # degraded or rejected: the service was not called
+        self.attempts = attempts
+        self.backup_sent = backup_sent
+        self.started: float = time.perf_counter() if started is None else started
+
+    def __repr__(self) -> str:
+        node = self.node.id if self.node is not None else None
+        return (f"Call(service={self.service!r}, method={self.method!r}, "
+                f"path_qs={self.path_qs!r}, node={node!r}, error={self.error!r}, "
+                f"attempts={self.attempts!r})")
 
     def for_node(self, node: Endpoint) -> Call:
         """A copy for one attempt at ``node``."""
@@ -89,7 +115,7 @@ class Filter(Protocol):
 
     name: str
 
-    async def handle(self, call: Call, next_: Next) -> Reply: ...
+    def handle(self, call: Call, next_: Next) -> Awaitable[Reply]: ...
 
 
 def json_reply(status: int, body: Any, /, **headers: str) -> Reply:

@@ -5,6 +5,11 @@ Default order (``AgentConfig.filters``): ``access_log``, ``metrics``, ``switcher
 whole call once; ``failover`` picks a node for each attempt and runs the rest of the chain
 per attempt, so node-level filters (``circuit_breaker``) come after it. A user filter is
 named ``package.module:ClassName``; its constructor takes the :class:`FilterContext`.
+
+Most filters only act before and after the rest of the chain and never wait themselves:
+they derive from :class:`HookFilter` and write ``before``/``after``/``failed`` hooks. The
+chain runs each run of adjacent hook filters in one coroutine, not one per filter, with the
+same outcome as nesting their ``handle`` calls.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from agent.config import BUILTIN_FILTERS, AgentConfig
 from agent.recorder import Recorder
 from agent.sketch import LogHistogram
 
-__all__ = ["FilterContext", "AgentMetrics", "build_chain", "run_chain", "active_filters",
-           "AccessLogFilter", "MetricsFilter", "SwitcherFilter", "ActiveLimitFilter",
-           "FailoverFilter", "CircuitBreakerFilter", "DegradeState"]
+__all__ = ["FilterContext", "AgentMetrics", "HookFilter", "build_chain", "run_chain",
+           "active_filters", "AccessLogFilter", "MetricsFilter", "SwitcherFilter",
+           "ActiveLimitFilter", "FailoverFilter", "CircuitBreakerFilter", "DegradeState"]
 
 access_log = logging.getLogger("tidemark.agent.access")
 
@@ -98,7 +103,34 @@ class FilterContext:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
-class AccessLogFilter:
+class HookFilter:
+    """A filter that acts before and after the rest of the chain without waiting itself.
+
+    ``before`` may answer at once (return a :class:`Reply`) or raise; otherwise the rest
+    of the chain runs and then ``after`` sees its reply, or ``failed`` the exception it
+    raised (``asyncio.CancelledError`` included). A filter that answered or raised in
+    ``before`` gets neither. ``started`` is ``time.perf_counter()`` when the call reached
+    the filter. :func:`run_chain` runs adjacent hook filters in one coroutine; ``handle``
+    gives the same result for one filter on its own.
+    """
+
+    name = "hook"
+
+    def before(self, call: Call) -> Reply | None:
+        return None
+
+    def after(self, call: Call, reply: Reply, started: float) -> None:
+        return None
+
+    def failed(self, call: Call, error: BaseException, started: float) -> None:
+        return None
+
+    def handle(self, call: Call, next_: Next) -> Awaitable[Reply]:
+        return _Hooks((self,), next_)(call)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
+class AccessLogFilter(HookFilter):
     """One JSON log line per call: method, path, status, ms, node, error."""
 
     name = "access_log"
@@ -111,20 +143,18 @@ class AccessLogFilter:
         """Whether access lines would be written at all (checked when the chain is built)."""
         return access_log.isEnabledFor(logging.INFO)
 
-    async def handle(self, call: Call, next_: Next) -> Reply:
-        reply = await next_(call)
+    def after(self, call: Call, reply: Reply, started: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
-            return reply
+            return
         access_log.info("call", extra={
             "service": call.service, "method": call.method, "path": call.path_qs[:200],
             "status": reply.status, "ms": round((time.perf_counter() - call.started) * 1000, 3),
             "node": call.node.id if call.node else None, "error": call.error,
             "attempts": call.attempts, "backup": call.backup_sent})
-        return reply
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
-class MetricsFilter:
+class MetricsFilter(HookFilter):
     """Records every call that reached the service into the recorder."""
 
     name = "metrics"
@@ -132,16 +162,13 @@ class MetricsFilter:
     def __init__(self, ctx: FilterContext) -> None:
         self._ctx = ctx
 
-    async def handle(self, call: Call, next_: Next) -> Reply:
-        started = time.perf_counter()
-        try:
-            reply = await next_(call)
-        except Exception:
-            self._record(call, started, call.error or "5xx")
-            raise
+    def after(self, call: Call, reply: Reply, started: float) -> None:
         if not call.skip_metrics:
             self._record(call, started, call.error or ("5xx" if reply.status >= 500 else None))
-        return reply
+
+    def failed(self, call: Call, error: BaseException, started: float) -> None:
+        if isinstance(error, Exception):  # not a cancel: the caller went away
+            self._record(call, started, call.error or "5xx")
 
     def _record(self, call: Call, started: float, error: str | None) -> None:
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -153,7 +180,7 @@ class MetricsFilter:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
-class SwitcherFilter:
+class SwitcherFilter(HookFilter):
     """Degraded services are not called: the fallback answers at once.
 
     Named switches of the service are passed upstream in ``X-Tidemark-Switches``.
@@ -164,9 +191,11 @@ class SwitcherFilter:
     def __init__(self, ctx: FilterContext) -> None:
         self._ctx = ctx
 
-    async def handle(self, call: Call, next_: Next) -> Reply:
+    def before(self, call: Call) -> Reply | None:
         state = self._ctx.degrade_state(call.service)
-        if state is not None and state.degraded:
+        if state is None:
+            return None
+        if state.degraded:
             call.skip_metrics = True
             self._ctx.metrics.degraded.labels(call.service).inc()
             config = self._ctx.config
@@ -177,17 +206,17 @@ class SwitcherFilter:
                 return Reply(state.fallback_status, headers, config.degraded_body.encode())
             return error_reply(state.fallback_status,
                                f"service {call.service} is degraded: {reason}", **headers)
-        if state is not None and state.switches:
+        if state.switches:
             forwarded = CIMultiDict(call.headers)  # repeated headers (Cookie) stay repeated
             forwarded.popall("X-Tidemark-Switches", None)  # only the registry's word counts
             forwarded.add("X-Tidemark-Switches", ",".join(
                 f"{name}={'on' if on else 'off'}" for name, on in state.switches))
             call.headers = forwarded
-        return await next_(call)
+        return None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
-class ActiveLimitFilter:
+class ActiveLimitFilter(HookFilter):
     """At most ``max_active`` calls in flight; the excess gets 429 and is counted."""
 
     name = "active_limit"
@@ -196,17 +225,20 @@ class ActiveLimitFilter:
         self._ctx = ctx
         self.active = 0
 
-    async def handle(self, call: Call, next_: Next) -> Reply:
+    def before(self, call: Call) -> Reply | None:
         limit = self._ctx.config.max_active
         if self.active >= limit:
             call.skip_metrics = True
             self._ctx.metrics.rejected.labels(call.service).inc()
             return error_reply(429, f"too many concurrent calls (max_active={limit})")
         self.active += 1
-        try:
-            return await next_(call)
-        finally:
-            self.active -= 1
+        return None
+
+    def after(self, call: Call, reply: Reply, started: float) -> None:
+        self.active -= 1
+
+    def failed(self, call: Call, error: BaseException, started: float) -> None:
+        self.active -= 1
 
 
 class _Rolling:
@@ -393,7 +425,7 @@ class FailoverFilter:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it
-class CircuitBreakerFilter:
+class CircuitBreakerFilter(HookFilter):
     """Per node: refuses calls while the node's breaker is open (failover moves on)."""
 
     name = "circuit_breaker"
@@ -414,28 +446,29 @@ class CircuitBreakerFilter:
             self._ctx.breakers[key] = breaker
         return breaker
 
-    async def handle(self, call: Call, next_: Next) -> Reply:
-        if call.node is None:
-            return await next_(call)
-        breaker = self._breaker(call.service, call.node.id)
-        if not breaker.allow():
+    def before(self, call: Call) -> Reply | None:
+        if call.node is not None and not self._breaker(call.service, call.node.id).allow():
             raise NodeUnavailable(f"circuit breaker open for node {call.node.id}")
-        opened = breaker.opened_count
-        try:
-            reply = await next_(call)
-        except UpstreamError:
-            breaker.on_result(False)
-            self._count_open(call, breaker, opened)
-            raise
-        except asyncio.CancelledError:
-            breaker.release()
-            raise
-        breaker.on_result(reply.status < 500)
-        self._count_open(call, breaker, opened)
-        return reply
+        return None
 
-    def _count_open(self, call: Call, breaker: CircuitBreaker, opened_before: int) -> None:
-        if breaker.opened_count > opened_before:
+    def after(self, call: Call, reply: Reply, started: float) -> None:
+        if call.node is not None:
+            self._count(call, reply.status < 500)
+
+    def failed(self, call: Call, error: BaseException, started: float) -> None:
+        if call.node is None:
+            return
+        if isinstance(error, UpstreamError):
+            self._count(call, False)
+        elif isinstance(error, asyncio.CancelledError):
+            self._breaker(call.service, call.node.id).release()
+
+    def _count(self, call: Call, ok: bool) -> None:
+        assert call.node is not None
+        breaker = self._breaker(call.service, call.node.id)
+        opened = breaker.opened_count
+        breaker.on_result(ok)
+        if breaker.opened_count > opened:
             self._ctx.metrics.breaker_opened.labels(call.service).inc()
 
 
@@ -473,11 +506,21 @@ def run_chain(filters: Sequence[Filter], terminal: Next) -> Next:
     """A callable running ``filters`` in order around ``terminal``.
 
     Each link calls the filter's ``handle(call, next_)`` directly and returns its
-    coroutine, with no wrapper coroutine per link (the chain runs on every call).
+    coroutine, with no wrapper coroutine per link (the chain runs on every call); each run
+    of adjacent :class:`HookFilter` that keep the inherited ``handle`` is one link.
     """
     handler = terminal
+    hooks: list[HookFilter] = []
     for f in reversed(filters):
+        if isinstance(f, HookFilter) and type(f).handle is HookFilter.handle:
+            hooks.append(f)
+            continue
+        if hooks:
+            handler = _Hooks(tuple(reversed(hooks)), handler)
+            hooks = []
         handler = _Link(f.handle, handler)
+    if hooks:
+        handler = _Hooks(tuple(reversed(hooks)), handler)
     return handler
 
 
@@ -500,3 +543,48 @@ class _Link:
 
     def __call__(self, call: Call) -> Awaitable[Reply]:
         return self._handle(call, self._next)
+
+
+class _Hooks:
+    """Adjacent hook filters around ``next_``, in one coroutine: as if each one's
+    ``handle`` wrapped the next."""
+
+    __slots__ = ("_hooks", "_next")
+
+    def __init__(self, hooks: tuple[HookFilter, ...], next_: Next) -> None:
+        self._hooks = hooks
+        self._next = next_
+
+    def __call__(self, call: Call) -> Awaitable[Reply]:
+        return self._run(call)
+
+    async def _run(self, call: Call) -> Reply:
+        hooks = self._hooks
+        started = time.perf_counter()
+        entered = 0  # hooks whose before let the call on: they get after or failed
+        reply: Reply | None = None
+        error: BaseException | None = None
+        try:
+            for hook in hooks:
+                reply = hook.before(call)
+                if reply is not None:
+                    break
+                entered += 1
+            else:
+                reply = await self._next(call)
+        except BaseException as raised:  # noqa: BLE001  handed to the hooks, then re-raised
+            error = raised
+        while entered:
+            entered -= 1
+            try:
+                if error is None:
+                    assert reply is not None
+                    hooks[entered].after(call, reply, started)
+                else:
+                    hooks[entered].failed(call, error, started)
+            except BaseException as hook_error:  # noqa: BLE001  as an outer handle would see
+                error = hook_error
+        if error is not None:
+            raise error
+        assert reply is not None
+        return reply

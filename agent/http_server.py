@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -39,21 +38,26 @@ _WATCHED = frozenset({b"content-length", b"expect"})  # headers the server itsel
 _SLICE = 16384  # bytes fed to the parser at a time
 
 
-@dataclass(slots=True)
 class InboundRequest:
     """A complete request as received: target as sent (``raw_path``), headers, body.
 
     Headers the server was told to set apart (``HttpServer(set_apart=...)``, e.g. the
     hop-by-hop ones a proxy must not forward) are in ``apart``, by lower-case name, and
-    not in ``headers``.
+    not in ``headers``. A plain class (see :class:`agent.call.Reply`).
     """
 
-    method: str
-    raw_path: str
-    headers: CIMultiDict[str]
-    body: bytes
-    peer: str
-    apart: dict[str, str]
+    def __init__(self, method: str, raw_path: str, headers: CIMultiDict[str], body: bytes,
+                 peer: str, apart: dict[str, str]) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+        self.apart = apart
+
+    def __repr__(self) -> str:
+        return (f"InboundRequest(method={self.method!r}, raw_path={self.raw_path!r}, "
+                f"peer={self.peer!r})")
 
 
 Handler = Callable[[InboundRequest], Awaitable[Reply]]

@@ -163,7 +163,7 @@ def test_bucket_constants_module_imports_only_the_standard_library() -> None:
 def test_an_attempt_copies_every_field_of_the_call_but_node_and_error() -> None:
     """Call.for_node lists the fields it copies (it is on the per-attempt path): a field
     added to Call and left out of that list would silently fall back to its default."""
-    import dataclasses
+    import inspect
 
     from agent.call import Call
 
@@ -173,6 +173,7 @@ def test_an_attempt_copies_every_field_of_the_call_but_node_and_error() -> None:
                 started=123.5)
     node = Endpoint("new", "10.0.0.2:80", "sh", 10)
     attempt = call.for_node(node)
-    for f in dataclasses.fields(Call):
-        expected = {"node": node, "error": None}.get(f.name, getattr(call, f.name))
-        assert getattr(attempt, f.name) == expected, f.name
+    fields = list(inspect.signature(Call).parameters)
+    for name in fields:
+        expected = {"node": node, "error": None}.get(name, getattr(call, name))
+        assert getattr(attempt, name) == expected, name
