@@ -33,7 +33,8 @@ __all__ = ["InboundRequest", "HttpServer", "render_reply"]
 
 log = logging.getLogger("tidemark.agent.http")
 
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+                 for status in HTTPStatus}
 _WATCHED = frozenset({b"content-length", b"expect"})  # headers the server itself obeys
 _SLICE = 16384  # bytes fed to the parser at a time
 
@@ -69,23 +70,21 @@ def render_reply(reply: Reply, *, keep_alive: bool, head: bool = False,
 
     ``http10``: the request was HTTP/1.0, whose keep-alive must be confirmed."""
     status = reply.status
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-    if reply.headers:
-        lines.append("".join([f"{name}: {value}\r\n" for name, value in reply.headers.items()])
-                     .encode("latin-1", "replace"))
+    parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
+    for name, value in reply.headers.items():
+        parts.append(f"{name}: {value}\r\n")
     if not keep_alive:
-        lines.append(b"Connection: close\r\n")
+        parts.append("Connection: close\r\n")
     elif http10:
-        lines.append(b"Connection: keep-alive\r\n")
+        parts.append("Connection: keep-alive\r\n")
     body = reply.body
     if status >= 200 and status not in (204, 304):
-        lines.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(f"Content-Length: {len(body)}\r\n\r\n")
     else:
         body = b""
-    lines.append(b"\r\n")
-    if body and not head:
-        lines.append(body)
-    return b"".join(lines)
+        parts.append("\r\n")
+    wire = "".join(parts).encode("latin-1", "replace")
+    return wire + body if body and not head else wire
 
 
 class _Rejected(Exception):
