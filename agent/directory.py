@@ -51,7 +51,9 @@ class ServiceDirectory:
         self._client = client
         self._max_services = max_services
         self._first_wait = first_snapshot_wait_seconds
-        self._views: dict[str, ServiceView] = {}
+        # service -> latest view; one dict for the directory's life, which the agent's
+        # data path reads directly (``current`` for everyone else)
+        self.views: dict[str, ServiceView] = {}
         self._first: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.changes: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
@@ -59,14 +61,14 @@ class ServiceDirectory:
 
     def current(self, service: str) -> ServiceView | None:
         """The latest view of ``service`` (None before its first snapshot)."""
-        return self._views.get(service)
+        return self.views.get(service)
 
     def services(self) -> list[str]:
         return sorted(self._tasks)
 
     async def view(self, service: str) -> ServiceView | None:
         """The view of ``service``, starting its watch and waiting for a first snapshot."""
-        view = self._views.get(service)
+        view = self.views.get(service)
         if view is not None:
             return view
         self.watch(service)
@@ -74,7 +76,7 @@ class ServiceDirectory:
             await asyncio.wait_for(self._first[service].wait(), self._first_wait)
         except TimeoutError:
             pass
-        return self._views.get(service)
+        return self.views.get(service)
 
     def watch(self, service: str) -> None:
         """Start watching ``service`` unless already watched."""
@@ -98,8 +100,8 @@ class ServiceDirectory:
     async def _follow(self, service: str) -> None:
         async with self._client.watch(service) as watch:
             async for snapshot in watch:
-                previous = self._views.get(service)
-                self._views[service] = ServiceView.of(snapshot)
+                previous = self.views.get(service)
+                self.views[service] = ServiceView.of(snapshot)
                 self._first[service].set()
                 if previous is None or previous.snapshot.config != snapshot.config:
                     self.changes.append({

@@ -95,6 +95,7 @@ class AgentService:
             (Endpoint(self._node_id(), upstream_host_port, config.idc, 1.0),)
             if upstream_host_port else ())
         self.directory: ServiceDirectory | None = None
+        self._views: dict[str, ServiceView] = {}  # the directory's, read on every call
         self._default_caller = config.caller or config.service
         if not NAME_PATTERN.fullmatch(self._default_caller):
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
@@ -122,6 +123,7 @@ class AgentService:
         self.directory = ServiceDirectory(
             self._client, max_services=config.max_services,
             first_snapshot_wait_seconds=config.first_snapshot_wait_seconds)
+        self._views = self.directory.views
         self.reporter.start()
         await self.forwarder.start()
         self._server = HttpServer(
@@ -188,11 +190,11 @@ class AgentService:
     def _endpoints_for(self, service: str) -> tuple[Endpoint, ...]:
         if self.config.is_server_side:
             return self._upstream_endpoint
-        view = self.directory.current(service) if self.directory else None
+        view = self._views.get(service)
         return view.endpoints if view is not None else ()
 
     def _degrade_state(self, service: str) -> DegradeState | None:
-        view = self.directory.current(service) if self.directory else None
+        view = self._views.get(service)
         if view is None:
             return None
         cached = self._degrade_cache.get(service)
@@ -267,7 +269,7 @@ class AgentService:
             return error_reply(400, f"bad {_CALLER_HEADER} header")
         directory = self.directory
         if (not self.config.is_server_side and directory is not None
-                and directory.current(service) is None):  # watched already: no coroutine
+                and service not in self._views):  # watched already: no coroutine
             try:
                 await directory.view(service)
             except TooManyServices as too_many:
