@@ -3,9 +3,8 @@ raw clients sending hand-written bytes, and ``agent.forwarder.Forwarder`` talkin
 upstreams (``asyncio.start_server``) that write canned bytes.
 
 No mocks and no timing assertions: every network wait is bounded by ``wait_for`` with a
-generous timeout, so a hang fails the test instead of the suite. The tests marked
-``@uvloop_too`` also run under uvloop (the agent daemon's default loop) through
-``test_under_uvloop``; the rest run on the standard asyncio loop (pytest-asyncio).
+generous timeout, so a hang fails the test instead of the suite. Every test runs twice:
+on the standard asyncio loop and on uvloop (the agent daemon's default loop).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +30,13 @@ from agent.http_server import HttpServer, InboundRequest, render_reply
 
 WAIT = 5.0  # bound on any single network wait: generous, never reached when things work
 
-Scenario = Callable[[], Coroutine[Any, Any, None]]
-UVLOOP_SCENARIOS: list[Scenario] = []
+
+pytestmark = pytest.mark.both_loops  # every test here runs on asyncio's loop and on uvloop
 
 
-def uvloop_too(fn: Scenario) -> Scenario:
-    """Also run this (fixture-less) test under uvloop, in ``test_under_uvloop``."""
-    UVLOOP_SCENARIOS.append(fn)
-    return fn
+async def test_each_run_is_on_the_loop_its_id_names(request: pytest.FixtureRequest) -> None:
+    named = request.node.callspec.id  # "asyncio" or "uvloop"
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop) == (named == "uvloop")
 
 
 def bounded(aw: Awaitable[Any], timeout: float = WAIT) -> Awaitable[Any]:
@@ -170,7 +168,6 @@ def echoed(resp: Resp) -> dict[str, Any]:
     return json.loads(resp.body)  # type: ignore[no-any-return]
 
 
-@uvloop_too
 async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         for i in range(3):
@@ -187,7 +184,6 @@ async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
         assert s.requests[0].peer.startswith("127.0.0.1:")
 
 
-@uvloop_too
 async def test_pipelined_requests_are_answered_in_order() -> None:
     async def slow_first(request: InboundRequest) -> Reply:
         if request.raw_path == "/0":
@@ -203,7 +199,6 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         assert answers[5]["method"] == "POST" and answers[5]["body"] == "body"
 
 
-@uvloop_too
 async def test_many_pipelined_requests_pause_and_resume_reading() -> None:
     """More than 16 requests ahead pauses reading; every one is still answered, in order."""
     async with serving() as s, raw_client(s.port) as (reader, writer):
@@ -214,7 +209,6 @@ async def test_many_pipelined_requests_pause_and_resume_reading() -> None:
         assert echoed(await read_response(reader))["path"] == "/after"
 
 
-@uvloop_too
 async def test_caller_reading_slowly_gets_every_answer() -> None:
     """Big answers to many pipelined requests, read only later: writing pauses reading,
     and reading resumes as the caller catches up."""
@@ -232,7 +226,6 @@ async def test_caller_reading_slowly_gets_every_answer() -> None:
         assert (await read_response(reader)).headers["X-Path"] == "/after"
 
 
-@uvloop_too
 async def test_request_body_by_content_length_split_across_writes() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"PUT /doc HTTP/1.1\r\nHost: svc\r\nContent-Length: 11\r\n\r\nhello")
@@ -242,7 +235,6 @@ async def test_request_body_by_content_length_split_across_writes() -> None:
         assert answer["method"] == "PUT" and answer["body"] == "hello world"
 
 
-@uvloop_too
 async def test_chunked_request_body_is_decoded() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"POST /up HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n"
@@ -256,7 +248,6 @@ async def test_chunked_request_body_is_decoded() -> None:
         assert echoed(await read_response(reader))["path"] == "/next"
 
 
-@uvloop_too
 async def test_head_gets_content_length_but_no_body() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/thing", method="HEAD"))
@@ -293,7 +284,6 @@ def test_render_reply() -> None:
     assert render_reply(Reply(599), keep_alive=True).startswith(b"HTTP/1.1 599 Unknown\r\n")
 
 
-@uvloop_too
 async def test_connection_close_is_honoured() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/x", "Connection: close") + get("/never"))
@@ -304,7 +294,6 @@ async def test_connection_close_is_honoured() -> None:
         assert [r.raw_path for r in s.requests] == ["/x"]
 
 
-@uvloop_too
 async def test_requests_after_connection_close_are_ignored_not_rejected() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/x", "Connection: close") + get("/never"))
@@ -313,7 +302,6 @@ async def test_requests_after_connection_close_are_ignored_not_rejected() -> Non
     assert s.rejected == []
 
 
-@uvloop_too
 async def test_http10_closes_unless_keep_alive_asked() -> None:
     async with serving() as s:
         async with raw_client(s.port) as (reader, writer):
@@ -343,7 +331,6 @@ async def _expect_rejection(s: Served, data: bytes, status: int, reason: str) ->
     return resp
 
 
-@uvloop_too
 async def test_headers_too_large_is_431() -> None:
     async with serving(max_header_bytes=1024) as s:
         data = get("/", "X-Big: " + "a" * 2000)
@@ -368,7 +355,6 @@ async def test_headers_just_under_the_limit_pass() -> None:
         assert echoed(await read_response(reader))["headers"]["x-big"] == "a" * 900
 
 
-@uvloop_too
 async def test_endless_header_line_is_431_before_it_ends() -> None:
     async with serving(max_header_bytes=1024) as s, raw_client(s.port) as (reader, writer):
         answer = asyncio.get_running_loop().create_task(read_response(reader))
@@ -385,7 +371,6 @@ async def test_endless_header_line_is_431_before_it_ends() -> None:
         assert s.rejected == ["headers_too_large"]
 
 
-@uvloop_too
 async def test_content_length_over_max_is_413_before_the_body_is_sent() -> None:
     async with serving(max_body_bytes=1024) as s:
         data = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\n"
@@ -400,7 +385,6 @@ async def test_body_at_max_passes() -> None:
         assert len(echoed(await read_response(reader))["body"]) == 1024
 
 
-@uvloop_too
 async def test_streamed_chunked_body_over_max_is_413() -> None:
     async with serving(max_body_bytes=1024) as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"POST /up HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n"
@@ -430,10 +414,6 @@ async def test_garbage_is_400(garbage: bytes) -> None:
         await _expect_rejection(s, garbage, 400, "malformed")
 
 
-@uvloop_too
-async def test_garbage_is_400_every_kind() -> None:
-    for garbage in GARBAGE_REQUESTS.values():
-        await test_garbage_is_400(garbage)
 
 
 UPGRADES = {
@@ -449,10 +429,6 @@ async def test_upgrade_and_connect_are_501(data: bytes) -> None:
         await _expect_rejection(s, data, 501, "upgrade")
 
 
-@uvloop_too
-async def test_upgrade_and_connect_are_501_both() -> None:
-    for data in UPGRADES.values():
-        await test_upgrade_and_connect_are_501(data)
 
 
 async def test_upgrade_and_connect_never_answered_as_normal_keep_alive_requests() -> None:
@@ -467,7 +443,6 @@ async def test_upgrade_and_connect_never_answered_as_normal_keep_alive_requests(
             assert s.rejected == ["upgrade"]
 
 
-@uvloop_too
 async def test_expect_100_continue_gets_the_interim_answer_first() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n"
@@ -504,7 +479,6 @@ async def test_expect_100_continue_before_length_over_max_is_413_without_100() -
         assert (await read_response(reader)).status == 413
 
 
-@uvloop_too
 async def test_expect_100_continue_keeps_pipelined_answers_in_order() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/first") + b"POST /second HTTP/1.1\r\nHost: svc\r\n"
@@ -513,7 +487,6 @@ async def test_expect_100_continue_keeps_pipelined_answers_in_order() -> None:
         assert first.status == 200 and echoed(first)["path"] == "/first"
 
 
-@uvloop_too
 async def test_handler_error_is_500_and_the_connection_keeps_working() -> None:
     async def flaky(request: InboundRequest) -> Reply:
         if request.raw_path == "/boom":
@@ -533,7 +506,6 @@ async def test_handler_error_is_500_and_the_connection_keeps_working() -> None:
         assert s.server.in_flight == 0
 
 
-@uvloop_too
 async def test_rejection_after_a_good_pipelined_request_still_answers_the_good_one() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/good") + b"NONSENSE\r\n\r\n")
@@ -547,7 +519,6 @@ async def test_rejection_after_a_good_pipelined_request_still_answers_the_good_o
         assert s.rejected == ["malformed"]
 
 
-@uvloop_too
 async def test_rejection_after_a_good_pipelined_request_is_answered_too() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, get("/good") + b"NONSENSE\r\n\r\n")
@@ -555,7 +526,6 @@ async def test_rejection_after_a_good_pipelined_request_is_answered_too() -> Non
         assert (await read_response(reader)).status == 400
 
 
-@uvloop_too
 async def test_idle_connection_is_closed_after_idle_timeout() -> None:
     async with serving(idle_timeout_seconds=0.2) as s:
         async with raw_client(s.port) as (reader, _):  # never says anything
@@ -584,7 +554,6 @@ async def test_slow_handler_is_not_cut_by_the_idle_timeout() -> None:
         assert echoed(await read_response(reader))["path"] == "/slow"
 
 
-@uvloop_too
 async def test_stop_lets_an_in_flight_request_finish() -> None:
     entered = asyncio.Event()
     release = asyncio.Event()
@@ -766,7 +735,6 @@ async def forward(fwd: Forwarder, call: Call) -> Reply:
     return await bounded(fwd(call), WAIT * 2)  # type: ignore[no-any-return]
 
 
-@uvloop_too
 async def test_forward_sends_the_request_and_reads_the_reply() -> None:
     response = (b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\n"
                 b"Set-Cookie: b=2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
@@ -795,7 +763,6 @@ async def test_forward_content_length_only_when_a_body_is_expected() -> None:
         assert lengths == [None, None, "0", "0"]
 
 
-@uvloop_too
 async def test_keep_alive_connection_is_reused() -> None:
     async with Upstream(answering(ok(b"a"), ok(b"bb"), ok(b"ccc"))) as up, \
             forwarder() as fwd:
@@ -805,7 +772,6 @@ async def test_keep_alive_connection_is_reused() -> None:
         assert [r.line for r in up.requests] == [f"GET /{i} HTTP/1.1" for i in range(3)]
 
 
-@uvloop_too
 async def test_server_closing_after_each_answer_does_not_fail_the_next_call() -> None:
     async with Upstream(answering(ok(), close_after=True)) as up, forwarder() as fwd:
         for i in range(5):
@@ -813,7 +779,6 @@ async def test_server_closing_after_each_answer_does_not_fail_the_next_call() ->
         assert up.accepted == 5
 
 
-@uvloop_too
 async def test_reused_connection_closed_before_answering_is_retried_once() -> None:
     """The node closes a kept-alive connection as the next call arrives: a fresh one works."""
     async def script(up: Upstream, reader: asyncio.StreamReader,
@@ -853,7 +818,6 @@ async def test_post_on_a_reused_connection_closed_before_answering_is_not_retrie
         assert up.accepted == 1 and len(up.requests) == 2
 
 
-@uvloop_too
 async def test_fresh_connection_closed_without_answer_is_not_retried() -> None:
     async def hang_up(up: Upstream, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, index: int) -> None:
@@ -898,7 +862,6 @@ async def test_http10_upstream_is_not_reused() -> None:
         assert up.accepted == 2
 
 
-@uvloop_too
 async def test_chunked_response_is_decoded() -> None:
     response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
                 b"5\r\nhello\r\n1;ext=y\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n")
@@ -926,7 +889,6 @@ async def test_response_written_byte_by_byte() -> None:
         assert reply.body == b"slowly" and reply.headers["X-A"] == "1"
 
 
-@uvloop_too
 async def test_close_delimited_body() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -971,10 +933,6 @@ async def test_response_over_max_response_bytes_fails(response: bytes) -> None:
         assert "max_response_bytes=100" in str(info.value)
 
 
-@uvloop_too
-async def test_response_over_max_response_bytes_fails_every_kind() -> None:
-    for response in OVERSIZED_RESPONSES.values():
-        await test_response_over_max_response_bytes_fails(response)
 
 
 async def test_response_of_exactly_max_response_bytes_passes() -> None:
@@ -983,7 +941,6 @@ async def test_response_of_exactly_max_response_bytes_passes() -> None:
         assert len((await forward(fwd, make_call(up))).body) == 100
 
 
-@uvloop_too
 async def test_timeout_gives_up_and_drops_the_connection() -> None:
     closed = asyncio.Event()
 
@@ -1008,7 +965,6 @@ async def test_timeout_gives_up_and_drops_the_connection() -> None:
         assert up.accepted == 2
 
 
-@uvloop_too
 async def test_connect_refused_is_a_connection_error_not_sent() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1052,7 +1008,6 @@ async def test_bad_address_is_a_connection_error_not_sent() -> None:
         assert fwd.open_connections == 0
 
 
-@uvloop_too
 async def test_head_reply_with_content_length_and_no_body() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -1071,7 +1026,6 @@ async def test_head_reply_with_content_length_and_no_body() -> None:
         assert (await forward(fwd, make_call(up, "HEAD"))).status == 200
 
 
-@uvloop_too
 async def test_interim_100_continue_is_skipped() -> None:
     response = (b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n"
                 b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 4\r\n\r\ndone")
@@ -1099,7 +1053,6 @@ async def test_interim_answers_in_separate_writes() -> None:
         assert reply.status == 200 and reply.body == b"final" and "Link" not in reply.headers
 
 
-@uvloop_too
 async def test_no_content_and_not_modified_replies() -> None:
     async with Upstream(answering(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
                                   b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n",
@@ -1112,7 +1065,6 @@ async def test_no_content_and_not_modified_replies() -> None:
         assert up.accepted == 1
 
 
-@uvloop_too
 async def test_max_connections_one_makes_the_second_call_wait() -> None:
     got_first = asyncio.Event()
     gate = asyncio.Event()
@@ -1177,7 +1129,6 @@ async def test_max_connections_across_nodes_closes_an_idle_one() -> None:
         assert a.accepted == 2 and b.accepted == 1
 
 
-@uvloop_too
 async def test_many_concurrent_calls_share_a_small_pool() -> None:
     async with Upstream(answering(ok(b"r"))) as up, forwarder(max_connections=3) as fwd:
         replies = await bounded(asyncio.gather(*(fwd(make_call(up, path=f"/{i}"))
@@ -1211,10 +1162,6 @@ async def test_garbage_response_is_a_connection_error(response: bytes) -> None:
         assert "malformed" in str(info.value)
 
 
-@uvloop_too
-async def test_garbage_response_is_a_connection_error_every_kind() -> None:
-    for response in GARBAGE_RESPONSES.values():
-        await test_garbage_response_is_a_connection_error(response)
 
 
 async def test_not_started_and_stopped_forwarder() -> None:
@@ -1254,7 +1201,6 @@ async def test_stop_fails_a_call_in_flight() -> None:
         assert info.value.error_class == "connection"
 
 
-@uvloop_too
 async def test_connection_closed_inside_the_headers_is_an_error() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -1267,7 +1213,6 @@ async def test_connection_closed_inside_the_headers_is_an_error() -> None:
         assert info.value.error_class == "connection"
 
 
-@uvloop_too
 async def test_connection_closed_after_an_interim_answer_is_a_connection_error() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -1280,7 +1225,6 @@ async def test_connection_closed_after_an_interim_answer_is_a_connection_error()
         assert info.value.error_class == "connection"
 
 
-@uvloop_too
 async def test_bytes_after_the_answer_never_reach_the_next_call() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -1298,16 +1242,6 @@ async def test_bytes_after_the_answer_never_reach_the_next_call() -> None:
         assert (await forward(fwd, make_call(up))).body == b"two"
 
 
-# -- the same scenarios under uvloop ----------------------------------------------------
-
-@pytest.mark.parametrize("scenario", UVLOOP_SCENARIOS, ids=lambda fn: fn.__name__[5:])
-def test_under_uvloop(scenario: Scenario) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert isinstance(runner.get_loop(), uvloop.Loop)
-        runner.run(asyncio.wait_for(scenario(), 60))
-
-
-@uvloop_too
 async def test_half_closed_caller_still_gets_its_answer() -> None:
     async def upstream_like(request: InboundRequest) -> Reply:
         await asyncio.sleep(0.05)  # as a real call does: the EOF is read meanwhile
@@ -1334,7 +1268,6 @@ async def test_half_closed_caller_still_gets_its_answer() -> None:
             assert await read_eof(reader) == b""
 
 
-@uvloop_too
 async def test_close_delimited_body_cut_by_a_reset_is_an_error() -> None:
     async def script(up: Upstream, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter, index: int) -> None:
@@ -1352,7 +1285,6 @@ async def test_close_delimited_body_cut_by_a_reset_is_an_error() -> None:
         assert info.value.error_class == "connection"
 
 
-@uvloop_too
 async def test_stop_fails_a_call_waiting_for_a_connection_with_upstream_error() -> None:
     got = asyncio.Event()
 
@@ -1413,7 +1345,6 @@ async def test_no_retry_on_a_new_connection_after_stop() -> None:
 
 # -- found in review: bounds on what is not body, trailers, binding, retries ------------
 
-@uvloop_too
 async def test_endless_trailer_line_is_431_and_trailers_are_not_headers() -> None:
     async with serving(max_header_bytes=1024) as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"POST /t HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -1427,7 +1358,6 @@ async def test_endless_trailer_line_is_431_and_trailers_are_not_headers() -> Non
         assert resp.status == 431 and s.rejected == ["headers_too_large"]
 
 
-@uvloop_too
 async def test_a_flood_of_pipelined_requests_in_one_write_is_answered_in_order() -> None:
     async with serving() as s, raw_client(s.port) as (reader, writer):
         await send(writer, b"".join(get(f"/{i}") for i in range(300)))
@@ -1445,7 +1375,6 @@ async def test_too_many_connections_get_503() -> None:
         assert "too_many_connections" in s.rejected
 
 
-@uvloop_too
 async def test_endless_header_from_the_node_is_a_5xx_not_unbounded_memory() -> None:
     async def endless(up: Upstream, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, index: int) -> None:
@@ -1462,7 +1391,6 @@ async def test_endless_header_from_the_node_is_a_5xx_not_unbounded_memory() -> N
         assert info.value.error_class == "5xx" and fwd.open_connections == 0
 
 
-@uvloop_too
 async def test_an_upgrade_answer_from_the_node_is_an_upstream_error() -> None:
     answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
               b"Connection: Upgrade\r\n\r\n")
