@@ -20,6 +20,7 @@ from typing import Any
 from agent.balancer import Endpoint, effective_endpoints
 from registry.client import BaseClient
 from registry.model import Snapshot
+from tidemark.daemon import cancel_and_wait
 
 __all__ = ["ServiceView", "ServiceDirectory", "TooManyServices"]
 
@@ -117,6 +118,4 @@ class ServiceDirectory:
         self._stopped = True
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)

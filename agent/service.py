@@ -43,6 +43,7 @@ from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
 from registry.client import BaseClient, Registration, open_registry
 from registry.model import NAME_PATTERN, Node
+from tidemark.daemon import cancel_and_wait
 from tidemark.httpkit import health
 
 __all__ = ["AgentService", "RESERVED_PATHS"]
@@ -165,9 +166,7 @@ class AgentService:
         self._stopped = True
         self._ready = False
         task, self._register_task = self._register_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         if self._registration is not None:
             await self._registration.stop()
         server, self._server = self._server, None

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from registry.errors import NotFound, RegistryUnavailable
 from registry.failstatic import FailStaticCache
 from registry.model import Command, Node, Snapshot, check_name, check_prefix
+from tidemark.daemon import cancel_and_wait
 from tidemark.logs import RateLimitedLog
 
 __all__ = ["RegistryClient", "BaseClient", "Registration", "Watch", "open_registry"]
@@ -232,13 +233,8 @@ class Watch:
         self._closed = True
         self._ready.set()
         self._client._watches.discard(self)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
 
 class Registration:
@@ -315,11 +311,7 @@ class Registration:
         """Stop heartbeating and (by default) deregister; safe to call twice."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)
             if deregister:
                 async with self._writing:  # after an update in flight, not before it
                     try:

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Service", "run_service"]
+__all__ = ["Service", "run_service", "cancel_and_wait"]
 
 log = logging.getLogger("tidemark.daemon")
 
@@ -19,6 +19,23 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel ``tasks`` (None entries are skipped) and wait until every one has finished.
+
+    How a task ended is not raised here: being cancelled is what was asked, and any other
+    exception is logged. A cancellation of the caller itself still propagates.
+    """
+    pending = [task for task in tasks if task is not None]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    await asyncio.wait(pending)
+    for task in pending:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a task failed while being stopped", exc_info=task.exception())
 
 
 async def _serve(factory: Callable[[], Service]) -> None:

@@ -23,6 +23,7 @@ from collector.ingest.pickle_frames import ForbiddenPickle, FrameDecoder, decode
 from collector.ingest.plaintext import LineSplitter
 from collector.ingest.statsd import StatsdAggregator, StatsdError, looks_like_statsd
 from collector.selfmetrics import CollectorMetrics
+from tidemark.daemon import cancel_and_wait
 
 __all__ = ["IngestServer", "CacheGauge"]
 
@@ -102,9 +103,7 @@ class IngestServer:
             await server.wait_closed()
         if self._udp is not None:
             self._udp.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._flush_statsd(final=True)
 
     # -- flow control -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from registry.server.store import RegistryStore
 from registry.server.views import SERVER_KEY, add_routes
+from tidemark.daemon import cancel_and_wait
 from tidemark.httpkit import add_health_and_metrics
 
 __all__ = ["RegistryServerConfig", "RegistryServer"]
@@ -167,10 +168,5 @@ class RegistryServer:
         if runner is not None:
             await runner.cleanup()
         task, self._expiry_task = self._expiry_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         self.store.close()
