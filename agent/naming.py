@@ -22,8 +22,8 @@ QUANTILES: tuple[tuple[str, float], ...] = (
     ("latency.p999", 0.999),
 )
 STATS: tuple[str, ...] = (
-    "requests", "errors", *(f"errors.{c}" for c in ERROR_CLASSES), "qps", "success_rate",
-    "latency.avg", *(name for name, _ in QUANTILES), "latency.max", "latency.hist.{bucket}",
+    "requests", "errors", *[f"errors.{c}" for c in ERROR_CLASSES], "qps", "success_rate",
+    "latency.avg", *[name for name, _ in QUANTILES], "latency.max", "latency.hist.{bucket}",
 )
 
 Point = tuple[str, float, int]
@@ -91,7 +91,7 @@ class MetricNaming:
         out: list[Point] = [
             (f"{base}.requests", requests, ts),
             (f"{base}.errors", errors, ts),
-            *((f"{base}.errors.{c}", stats.errors[c], ts) for c in ERROR_CLASSES),
+            *[(f"{base}.errors.{c}", stats.errors[c], ts) for c in ERROR_CLASSES],
             (f"{base}.qps", round(requests / interval, 6), ts),
         ]
         if requests:

@@ -349,7 +349,7 @@ class AgentService:
                 return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
         names = services[:20]
-        results = await asyncio.gather(*(one(name) for name in names))
+        results = await asyncio.gather(*[one(name) for name in names])
         return dict(zip(names, results, strict=True))
 
 
