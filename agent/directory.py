@@ -99,7 +99,14 @@ class ServiceDirectory:
             self._tasks.pop(service, None)  # the next call starts it again
 
     async def _follow(self, service: str) -> None:
-        async with self._client.watch(service) as watch:
+        # Not ``async with`` (nor ``finally: await ...``): compiled by mypyc (2.4), code that
+        # awaits while an exception propagates re-raises whatever sys.exc_info() holds when
+        # it resumes, not the exception it caught. Watch.aclose suspends, so a cancel at
+        # shutdown became an invalid exception and left this task pending for ever. The
+        # close runs outside the handler and the caught exception is raised by name.
+        watch = self._client.watch(service)
+        error: BaseException | None = None
+        try:
             async for snapshot in watch:
                 previous = self.views.get(service)
                 self.views[service] = ServiceView.of(snapshot)
@@ -113,6 +120,11 @@ class ServiceDirectory:
                     "service": service, "revision": snapshot.revision,
                     "nodes": len(snapshot.nodes), "from_cache": snapshot.from_cache,
                     "degraded": snapshot.config.degraded is not None})
+        except BaseException as exc:  # noqa: BLE001 - raised again below, after the close
+            error = exc
+        await watch.aclose()
+        if error is not None:
+            raise error
 
     async def stop(self) -> None:
         self._stopped = True

@@ -36,10 +36,8 @@ __all__ = ["COMPILED_MODULES", "SHARED_LIBRARY", "MANIFEST", "TRACKED_PACKAGES",
            "data_path"]
 
 #: The modules of the data path compiled by setup.py (names inside the ``agent`` package).
-#: ``directory`` stays interpreted: it is off the per-call path (a dict lookup per call), and
-#: compiled by mypyc 2.4 its watch task could fail to finish when cancelled at shutdown.
 COMPILED_MODULES = (
-    "balancer", "breaker", "buckets", "call", "filters", "forwarder",
+    "balancer", "breaker", "buckets", "call", "directory", "filters", "forwarder",
     "http_server", "naming", "recorder", "service", "sketch",
 )
 #: The library the compiled modules share (mypyc's group ``agent._data_path``).
