@@ -398,30 +398,46 @@ class FailoverFilter:
         call.backup_sent = True
         self._ctx.metrics.backups.labels(call.service).inc()
         second = asyncio.ensure_future(self._attempt(call, backup_node, next_))
-        pending = {first, second}
+        # The losing attempt is cancelled and waited for after the handler, not in a
+        # ``finally``: see ServiceDirectory._follow (compiled, an await while an exception
+        # propagates re-raises the wrong one).
+        winner: tuple[Reply, Call] | None = None
+        error: BaseException | None = None
+        try:
+            winner = await self._first_good({first, second})
+        except BaseException as raised:  # noqa: BLE001 - raised again below, after the cleanup
+            error = raised
+        left = [task for task in (first, second) if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        if error is not None:
+            raise error
+        assert winner is not None
+        return winner
+
+    @staticmethod
+    async def _first_good(pending: set[asyncio.Future[tuple[Reply, Call]]]
+                          ) -> tuple[Reply, Call]:
+        """The first attempt answering below 500, else the first answer, else the failure."""
         failure: BaseException | None = None
         fallback: tuple[Reply, Call] | None = None
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is not None:
-                        failure = task.exception()
-                        continue
-                    result = task.result()
-                    if result[0].status < 500:
-                        return result
-                    fallback = fallback or result
-            if fallback is not None:
-                return fallback
-            assert failure is not None
-            raise failure
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    failure = exc
+                    continue
+                result = task.result()
+                if result[0].status < 500:
+                    return result
+                fallback = fallback or result
+        if fallback is not None:
+            return fallback
+        assert failure is not None
+        raise failure
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # user filters may extend it

@@ -157,7 +157,7 @@ class AgentService:
                 return
             except Exception as exc:  # noqa: BLE001 - keep serving; retry in the background
                 log.warning("cannot register yet; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # outside the handler: see ServiceDirectory._follow
 
     async def stop(self) -> None:
         """Deregister, stop listening (in-flight calls finish), close watches, flush."""

@@ -3,6 +3,7 @@ hidden behind an old compiled module."""
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import json
 import subprocess
@@ -151,3 +152,54 @@ def test_a_compiled_checkout_loads_every_module_compiled() -> None:
     loaded = _loaded_forms(env)
     assert loaded["data_path"] == {"mode": "compiled", "reason": None}
     assert all(f.endswith(SUFFIX) for f in loaded["files"])  # type: ignore[attr-defined]
+
+
+def _awaits_while_an_exception_propagates(tree: ast.AST) -> list[int]:
+    """Lines of awaits (``await``, ``async for``, ``async with``) inside ``except`` or
+    ``finally``, and of ``async with`` blocks (their exit may await) other than
+    ``asyncio.timeout``'s, which never suspends on exit."""
+    lines: list[int] = []
+
+    def awaits(nodes: list[ast.stmt]) -> list[int]:
+        return [n.lineno for stmt in nodes for n in ast.walk(stmt)
+                if isinstance(n, (ast.Await, ast.AsyncFor, ast.AsyncWith))]
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler):
+            lines += awaits(node.body)
+        elif isinstance(node, (ast.Try, ast.TryStar)):
+            lines += awaits(node.finalbody)
+        elif isinstance(node, ast.AsyncWith):
+            calls = [item.context_expr for item in node.items]
+            if not all(isinstance(c, ast.Call) and ast.unparse(c.func).startswith(
+                    "asyncio.timeout") for c in calls):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+@pytest.mark.parametrize("module", COMPILED_MODULES)
+def test_compiled_code_never_awaits_while_an_exception_propagates(module: str) -> None:
+    """mypyc 2.4: a compiled coroutine that awaits inside ``except``/``finally`` (or an
+    ``async with`` exit that suspends) re-raises whatever ``sys.exc_info()`` holds when it
+    resumes, often another task's exception or None (docs/agent.md, "Compiled with mypyc").
+    """
+    path = Path(agent.__file__).parent / f"{module}.py"
+    assert _awaits_while_an_exception_propagates(ast.parse(path.read_text())) == []
+
+
+def test_the_guard_finds_each_form() -> None:
+    source = '''
+async def f():
+    try:
+        pass
+    except Exception:
+        await g()
+    finally:
+        async for x in h():
+            pass
+    async with lock:
+        pass
+    async with asyncio.timeout(1):
+        pass
+'''
+    assert _awaits_while_an_exception_propagates(ast.parse(source)) == [6, 8, 10]
