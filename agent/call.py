@@ -61,8 +61,8 @@ class Reply:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reply):
             return NotImplemented
-        return (self.status, dict(self.headers), self.body) == \
-            (other.status, dict(other.headers), other.body)
+        return (self.status, self.headers, self.body) == \
+            (other.status, other.headers, other.body)
 
     __hash__ = None  # type: ignore[assignment]  # equal by value, and headers are mutable
 

@@ -177,3 +177,15 @@ def test_an_attempt_copies_every_field_of_the_call_but_node_and_error() -> None:
     for name in fields:
         expected = {"node": node, "error": None}.get(name, getattr(call, name))
         assert getattr(attempt, name) == expected, name
+
+
+def test_replies_are_equal_by_value_and_repeated_headers_count() -> None:
+    from multidict import CIMultiDict
+
+    from agent.call import Reply
+
+    one_cookie = Reply(200, CIMultiDict([("Set-Cookie", "a=1")]), b"x")
+    assert one_cookie == Reply(200, {"Set-Cookie": "a=1"}, b"x")
+    assert one_cookie != Reply(200, CIMultiDict([("Set-Cookie", "a=1"),
+                                                 ("Set-Cookie", "b=2")]), b"x")
+    assert one_cookie != Reply(201, {"Set-Cookie": "a=1"}, b"x")
