@@ -372,3 +372,108 @@ async def test_server_agent_serves_while_registry_is_down_and_registers_when_bac
         await asyncio.sleep(0.05)
     assert snapshot is not None
     assert [n.address for n in snapshot.nodes] == [f"127.0.0.1:{server.port}"]
+
+
+async def test_runtime_shows_weights_switches_breakers_and_last_commands(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a, idc="bj")
+    client = await mesh.client_agent("web", backup_requests=False)
+    await mesh.wait_nodes(client, "user", 1)
+    node_id = f"127.0.0.1-{a.port}"
+    await mesh.admin.set_idc_weights("user", {"bj": 3, "sh": 1}, who="ops", why="move")
+    await mesh.admin.set_node_weights("user", {node_id: 25}, who="ops")
+    await mesh.admin.set_switches("user", {"new_feed": True}, who="ops")
+    assert (await mesh.get(client, "/user/"))[0] == 200  # the node gets a breaker
+    for _ in range(250):
+        runtime = json.loads((await mesh.get(client, "/runtime"))[2])
+        user = runtime["services"]["user"]
+        if user["switches"]:
+            break
+        await asyncio.sleep(0.02)
+    assert user["idc_weights"] == {"bj": 3, "sh": 1}
+    assert user["node_weights"] == {node_id: 25}
+    assert user["switches"] == {"new_feed": True}
+    (node,) = user["nodes"]
+    assert (node["id"], node["idc"], node["breaker"], node["active"]) == (
+        node_id, "bj", "closed", 0)
+    assert node["effective_weight"] == 1000.0  # bj's whole share: sh has no node
+    commands = runtime["last_commands"]["user"]
+    assert [c["kind"] for c in commands] == ["idc_weights", "node_weights", "switches"]
+    assert all(c["who"] == "ops" for c in commands) and commands[0]["why"] == "move"
+    changes = [c["config"] for c in runtime["last_changes"] if c["service"] == "user"]
+    assert changes[-1]["switches"] == {"new_feed": True}
+
+
+async def test_a_removed_node_gets_no_more_calls(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    b = await mesh.upstream("b")
+    sa = await mesh.server_agent("user", a)
+    await mesh.server_agent("user", b)
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_requests=False)
+    await mesh.wait_nodes(client, "user", 2)
+    await sa.stop()  # deregisters a's node
+    mesh.agents.remove(sa)
+    await mesh.wait_nodes(client, "user", 1)
+    served = [json.loads((await mesh.get(client, "/user/"))[2])["node"] for _ in range(10)]
+    assert served == ["b"] * 10
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    assert "tidemark_agent_failovers_total{" not in metrics  # a was never tried
+
+
+async def test_server_agent_heartbeats_keep_its_node_and_stop_deregisters(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    server = await mesh.server_agent("user", a, heartbeat_ttl_seconds=1.0)
+    for _ in range(250):
+        if (await mesh.admin.snapshot("user")).nodes:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(3.0)  # three TTLs: only heartbeats keep the node registered
+    assert [n.address for n in (await mesh.admin.snapshot("user")).nodes] == [
+        f"127.0.0.1:{server.port}"]
+    await server.stop()
+    mesh.agents.remove(server)
+    assert (await mesh.admin.snapshot("user")).nodes == ()
+
+
+async def test_backups_stay_within_the_budget_under_a_burst(mesh: Mesh) -> None:
+    slow = asyncio.Event()
+
+    async def turns_slow(request: web.Request) -> web.Response:
+        if slow.is_set():
+            await asyncio.sleep(0.5)
+        return web.json_response({"node": "flaky"})
+
+    flaky = await mesh.upstream("flaky", turns_slow)
+    steady = await mesh.upstream("steady")
+    await mesh.server_agent("user", flaky)
+    await mesh.server_agent("user", steady)
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_min_samples=10)
+    await mesh.wait_nodes(client, "user", 2)
+    for _ in range(20):  # a fast p90 to hedge after
+        assert (await mesh.get(client, "/user/"))[0] == 200
+    slow.set()
+    # Half of these start at the now slow node and would all want a backup at once.
+    results = await asyncio.gather(*(mesh.get(client, "/user/") for _ in range(40)))
+    assert all(status == 200 for status, _, _ in results)
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    backups = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith('tidemark_agent_backup_requests_total{service="user"}'))
+    assert 1 <= backups <= 0.15 * 60
+
+
+async def test_access_log_writes_one_line_per_call(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tidemark.agent.access")
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    client = await mesh.client_agent("web", filters=(
+        "access_log", "metrics", "switcher", "active_limit", "failover", "circuit_breaker"))
+    await mesh.wait_nodes(client, "user", 1)
+    assert (await mesh.get(client, "/user/items?page=2", method="POST"))[0] == 200
+    assert (await mesh.get(client, "/nosuchservice/"))[0] == 503
+    lines = [r for r in caplog.records if r.name == "tidemark.agent.access"]
+    assert [(r.service, r.method, r.path, r.status, r.error)  # type: ignore[attr-defined]
+            for r in lines] == [("user", "POST", "/items?page=2", 200, None),
+                                ("nosuchservice", "GET", "/", 503, "connection")]
+    assert lines[0].node == f"127.0.0.1-{a.port}"  # type: ignore[attr-defined]
+    assert lines[0].ms >= 0  # type: ignore[attr-defined]
