@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 from pathlib import Path
 
 from registry.server.app import RegistryServer, RegistryServerConfig
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                          ) from None
     try:
         return run_service(lambda: RegistryServer(config, token=token))
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot use the database in {config.data_dir}: {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot serve on {config.host}:{config.http_port}: {exc.strerror or exc}"
                          ) from None

@@ -1,7 +1,8 @@
 """``tidemark registryctl``: operate the registry (either backend); JSON on stdout.
 
-Exit status: 0 on success, 1 when the registry cannot be reached or the node/command is
-unknown, 2 for bad input or a wrong token (one line on stderr).
+Exit status: 0 on success; 1 when the registry cannot be reached, the node/command is
+unknown or the registry refuses the request otherwise (e.g. a conflict); 2 for bad input or
+a wrong token. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from registry.cli import read_token
 from registry.client import BaseClient, open_registry
-from registry.errors import NotFound, RegistryUnavailable, Unauthorized
+from registry.errors import RegistryError, Unauthorized
 from registry.model import Node
 from tidemark.errors import UsageError
 from tidemark.logs import configure_logging
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except Unauthorized as exc:
         raise UsageError(f"unauthorized: {exc}") from None
-    except (RegistryUnavailable, NotFound) as exc:
+    except RegistryError as exc:  # unreachable, unknown node/command, conflict, refused
         print(f"tidemark registryctl: {exc}", file=sys.stderr)
         return 1
 

@@ -26,7 +26,13 @@ class HttpRegistryClient(BaseClient):
                  wait_seconds: float = 30.0, request_timeout_seconds: float = 5.0) -> None:
         super().__init__(cache_dir=cache_dir, metrics=metrics)
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (parts.scheme != "http" or not parts.hostname or not port
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or parts.username is not None):
             raise ValueError(f"registry URL {url!r} must be http://HOST:PORT")
         self._base = f"http://{parts.netloc}"
         self._token = token
@@ -82,7 +88,7 @@ class HttpRegistryClient(BaseClient):
             raise NotFound(message)
         if status == 413:
             raise ValueError(f"body: too large ({message})")
-        if status >= 500:
+        if status == 429 or status >= 500:  # 429: too many long polls; try again later
             raise RegistryUnavailable(f"{self._base}: HTTP {status}: {message}")
         raise RegistryError(f"{self._base}: HTTP {status}: {message}")
 

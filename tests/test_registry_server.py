@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from registry.client import open_registry
 from registry.server.app import RegistryServer, RegistryServerConfig
 from tests.peers.process import free_port
 
@@ -60,6 +64,17 @@ async def test_writes_need_the_token(http: tuple[aiohttp.ClientSession, str]) ->
         assert (await response.json())["nodes"] == []
     async with session.put(url, json=_node_body(), headers=AUTH) as response:
         assert response.status == 200
+    # Heartbeats and deregistrations are writes too.
+    async with session.put(url + "/heartbeat") as response:
+        assert response.status == 401
+    async with session.delete(url, headers={"Authorization": "Bearer wrong"}) as response:
+        assert response.status == 401
+    async with session.get(f"{base}/v1/services/svc") as response:
+        assert [n["id"] for n in (await response.json())["nodes"]] == ["n1"]
+    async with session.put(url + "/heartbeat", headers=AUTH) as response:
+        assert response.status == 200
+    async with session.delete(url, headers=AUTH) as response:
+        assert response.status == 200
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [
@@ -104,6 +119,109 @@ async def test_body_size_is_bounded(http: tuple[aiohttp.ClientSession, str]) -> 
                             headers=AUTH) as response:
         assert response.status == 400
         assert "JSON" in (await response.json())["error"]
+    # Within the size limit, but nested deeper than the JSON parser recurses.
+    async with session.post(f"{base}/v1/services/svc/commands",
+                            data=b"[" * 2000 + b"]" * 2000, headers=AUTH) as response:
+        assert response.status == 400
+        assert "body" in (await response.json())["error"]
+    async with session.get(f"{base}/v1/services") as response:
+        assert (await response.json())["services"] == []
+
+
+async def test_state_is_kept_in_sqlite_in_wal_mode(server: RegistryServer,
+                                                   tmp_path: Path) -> None:
+    server.store.command("svc", "restore", {}, who="ops", why="")
+    with sqlite3.connect(tmp_path / "registry.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT name FROM services").fetchall() == [("svc",)]
+
+
+async def test_registered_at_is_stamped_when_the_record_has_none(
+        http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    url = f"{base}/v1/services/svc/nodes/n1"
+    before = time.time()
+    async with session.put(url, json=_node_body(), headers=AUTH) as response:
+        assert response.status == 200
+    async with session.get(f"{base}/v1/services/svc") as response:
+        stamped = (await response.json())["nodes"][0]["registered_at"]
+    assert stamped >= before
+    # Registering the node again (e.g. a new weight) keeps when it was first registered.
+    async with session.put(url, json=_node_body(weight=20), headers=AUTH) as response:
+        assert response.status == 200
+    async with session.get(f"{base}/v1/services/svc") as response:
+        node = (await response.json())["nodes"][0]
+    assert (node["weight"], node["registered_at"]) == (20, stamped)
+
+
+async def test_long_polls_are_bounded(tmp_path: Path) -> None:
+    server = RegistryServer(RegistryServerConfig(data_dir=tmp_path, http_port=0,
+                                                 max_long_polls=1))
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def poll(service: str) -> aiohttp.ClientResponse:
+                async with session.get(f"{base}/v1/services/{service}",
+                                       params={"index": "0", "wait": "30s"}) as response:
+                    await response.read()
+                    return response
+
+            first = asyncio.ensure_future(poll("svc"))
+            while server.metrics.get_sample_value("tidemark_registry_long_polls") != 1.0:
+                await asyncio.sleep(0.01)
+            refused = await poll("other")
+            assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+            async with session.get(f"{base}/v1/watch",
+                                   params={"index": "0", "wait": "30s"}) as response:
+                assert response.status == 429
+                assert "long polls" in (await response.json())["error"]
+            # A poll that need not wait is answered even at the limit.
+            async with session.get(f"{base}/v1/services/svc") as response:
+                assert response.status == 200
+            server.store.command("svc", "restore", {}, who="ops", why="")
+            assert (await asyncio.wait_for(first, 10)).status == 200
+            # The slot is free again; polls on many services leave no per-service state.
+            for i in range(20):
+                async with session.get(f"{base}/v1/services/s{i}",
+                                       params={"index": "0", "wait": "10ms"}) as response:
+                    assert response.status == 200
+            assert server.watched_services == 0
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1", "http://127.0.0.1:0", "http://h:99999",
+                                 "http://h:8500/v1", "http://h:8500?x=1", "http://u@h:8500",
+                                 "https://h:8500", "h:8500"])
+def test_bad_http_urls_are_rejected(url: str) -> None:
+    with pytest.raises(ValueError, match="registry URL"):
+        open_registry(url)
+
+
+async def test_registryctl_reports_a_refused_request_in_one_line(tmp_path: Path) -> None:
+    # A proxy in front of the registry that refuses everything with a status the client has
+    # no special meaning for: one line on stderr and exit 1, not a traceback.
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "forbidden by proxy"}, status=403)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "registry.ctl", "--registry",
+                             f"http://127.0.0.1:{port}", "switch", "svc", "x=on"],
+            capture_output=True, cwd=REPO_ROOT, timeout=60)
+    finally:
+        await runner.cleanup()
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "403" in lines[0] and "forbidden by proxy" in lines[0]
 
 
 async def test_long_poll_returns_on_change(http: tuple[aiohttp.ClientSession, str]) -> None:
@@ -173,6 +291,17 @@ async def test_config_and_history_survive_restart(tmp_path: Path) -> None:
         await second.stop()
 
 
+def _get_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
+        return int(response.status)
+
+
+def _long_polls_waiting(base: str) -> bool:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        return b"tidemark_registry_long_polls 1.0" in response.read()
+
+
 @pytest.mark.slow
 def test_daemon_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
@@ -216,7 +345,15 @@ def test_daemon_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
                               timeout=60)
         assert [(c["kind"], c["who"]) for c in json.loads(done.stdout)] == [
             ("idc_weights", "alice")]
-        daemon.send_signal(signal.SIGTERM)
+        # A long poll waiting when SIGTERM comes is answered, not cut off.
+        base = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(_get_status, f"{base}/v1/services/svc?index=1000&wait=60s")
+            while not _long_polls_waiting(base):
+                assert not poll.done(), poll.result()
+                time.sleep(0.05)
+            daemon.send_signal(signal.SIGTERM)
+            assert poll.result(timeout=30) == 200
         assert daemon.wait(30) == 0
     finally:
         if daemon.poll() is None:
@@ -227,6 +364,17 @@ def test_daemon_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
          f"http://127.0.0.1:{port}", "nodes", "svc"], capture_output=True, cwd=REPO_ROOT,
         timeout=60)
     assert unreachable.returncode == 1 and unreachable.stderr.strip()
+
+
+def test_daemon_refuses_an_unusable_database_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "registry.sqlite3").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "tidemark", "registry", "--data-dir", str(tmp_path),
+         "--http-port", "0"], capture_output=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.decode().splitlines()
+              if not line.startswith("{")]  # JSON log lines aside
+    assert len(errors) == 1 and "database" in errors[0], done.stderr
 
 
 def test_daemon_rejects_an_empty_token_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class RegistryServerConfig:
     http_port: int = 8500
     token_file: Path | None = None
     max_wait_seconds: float = 60.0
+    max_long_polls: int = 10000
     max_body_bytes: int = 65536
     expiry_interval_seconds: float = 0.2
     shutdown_timeout_seconds: float = 5.0
@@ -39,6 +41,8 @@ class RegistryServerConfig:
             raise ValueError(f"http_port: {self.http_port} is not a port")
         if self.max_wait_seconds <= 0 or self.expiry_interval_seconds <= 0:
             raise ValueError("max_wait_seconds and expiry_interval_seconds must be positive")
+        if self.max_long_polls < 1:
+            raise ValueError("max_long_polls: must be at least 1")
         if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
             raise ValueError("max_body_bytes: must be between 1KiB and 16MiB")
 
@@ -58,6 +62,8 @@ class RegistryServer:
         self.store.on_change = self._notify
         self._changed_any = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
+        self._polls = 0  # long polls waiting, at most config.max_long_polls
+        self._polls_on: dict[str, int] = {}  # ... of them per service (for _changed)
         self._stopping = False
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -72,6 +78,11 @@ class RegistryServer:
         revision = Gauge("tidemark_registry_revision", "Current global revision",
                          registry=self.metrics)
         revision.set_function(lambda: self.store.revision)
+
+    @property
+    def watched_services(self) -> int:
+        """Services with a wake-up event held for long polls (bounded by those waiting)."""
+        return len(self._changed)
 
     def count_write(self, op: str) -> None:
         """Count an accepted write."""
@@ -95,12 +106,21 @@ class RegistryServer:
         """Return when ``done()`` holds, ``wait_seconds`` pass, or the server stops.
 
         Waiters on one service are woken only by changes to it; ``service=None`` waits for
-        any change (prefix watches).
+        any change (prefix watches). At most ``max_long_polls`` wait at once; one more is
+        refused with a 429 (memory stays bounded however many watchers connect).
         """
         if done() or wait_seconds <= 0:
             return
+        if self._polls >= self.config.max_long_polls:
+            raise web.HTTPTooManyRequests(
+                text=json.dumps({"error": f"wait: more than {self.config.max_long_polls} "
+                                          "long polls are waiting; retry later"}),
+                content_type="application/json", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
+        self._polls += 1
+        if service is not None:
+            self._polls_on[service] = self._polls_on.get(service, 0) + 1
         self._waiters.inc()
         try:
             while not done() and not self._stopping:
@@ -118,6 +138,13 @@ class RegistryServer:
                     return
         finally:
             self._waiters.dec()
+            self._polls -= 1
+            if service is not None:
+                left = self._polls_on.pop(service) - 1
+                if left:
+                    self._polls_on[service] = left
+                else:  # no one waits on it any more: do not keep its event
+                    self._changed.pop(service, None)
 
     def build_app(self) -> web.Application:
         """The aiohttp application (also used directly by tests)."""

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +172,15 @@ class RegistryStore:
         return revision
 
     def register(self, service: str, node: Node, ttl_seconds: float) -> int:
-        """Add or replace a node; returns the new revision."""
+        """Add or replace a node; returns the new revision.
+
+        A record without ``registered_at`` (0) keeps the stored node's, or gets the current
+        wall-clock time when the node is new.
+        """
         base = self._state_for_write(service)
+        if not node.registered_at:
+            stored = base.nodes.get(node.id)
+            node = replace(node, registered_at=stored.registered_at if stored else self._wall())
         if node.id not in base.nodes and len(base.nodes) >= MAX_NODES_PER_SERVICE:
             raise ValueError(f"node: more than {MAX_NODES_PER_SERVICE} nodes in {service}")
         state = _Service(flat=base.flat, history=base.history,

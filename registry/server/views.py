@@ -62,6 +62,8 @@ async def _body(request: web.Request, allowed: set[str]) -> Mapping[str, Any]:
         data = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise _bad("body: not valid JSON") from None
+    except RecursionError:  # nesting deeper than the parser recurses, within the size limit
+        raise _bad("body: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise _bad("body: expected a JSON object")
     unknown = sorted(set(data) - allowed)
