@@ -75,10 +75,14 @@ def run(source: MemorySource, target: str) -> list[tuple[float | None, int]]:
     return series.datapoints()
 
 
-@pytest.mark.parametrize("n", [50, 90, 99, 99.9])
-def test_pool_percentile_matches_the_exact_one_within_the_sketch_error(n: float) -> None:
+@pytest.mark.parametrize("n, form", [(50, "{n}"), (90, "{n}"), (99, "q={n}"), (99.9, "{n}"),
+                                     (99.9, "q={n}")])
+def test_pool_percentile_matches_the_exact_one_within_the_sketch_error(n: float,
+                                                                      form: str) -> None:
+    """``histogramPercentile(seriesList, q)``: q positionally or by keyword."""
     source, raw = memory_source(3)
-    points = run(source, f"histogramPercentile(tidemark.user.bj.*.latency.hist.*,{n})")
+    q = form.format(n=n)
+    points = run(source, f"histogramPercentile(tidemark.user.bj.*.latency.hist.*,{q})")
     by_ts = {ts: value for value, ts in points}
     for w in range(3):
         got = by_ts[T0 + 10 * w]

@@ -37,18 +37,18 @@ def _bucket_of(series: TimeSeries) -> int:
 
 @register("histogramPercentile", "Calculate", [
     Param("seriesList", T.series_list, required=True),
-    Param("n", T.float, required=True),
+    Param("q", T.float, required=True),
 ])
-def histogramPercentile(ctx: RequestContext, seriesList: Any, n: float) -> list[TimeSeries]:
-    """The n-th percentile (0-100) of the latencies counted by histogram bucket series.
+def histogramPercentile(ctx: RequestContext, seriesList: Any, q: float) -> list[TimeSeries]:
+    """The q-th percentile (0-100) of the latencies counted by histogram bucket series.
 
     ``seriesList`` holds ``...latency.hist.{bucket}`` series, typically of many nodes
     (``tidemark.user.*.*.latency.hist.*``). At each point the counts of each bucket are
     summed over all series and the nearest-rank percentile is read from the merged
     histogram, in milliseconds (None where no call was counted). Coarser steps sum counts.
     """
-    if not 0.0 <= n <= 100.0:
-        raise InputParameterError(f"histogramPercentile: n must be within 0..100, got {n!r}")
+    if not 0.0 <= q <= 100.0:
+        raise InputParameterError(f"histogramPercentile: q must be within 0..100, got {q!r}")
     if not seriesList:
         return []
     buckets = [_bucket_of(s) for s in seriesList]
@@ -71,7 +71,7 @@ def histogramPercentile(ctx: RequestContext, seriesList: Any, n: float) -> list[
                 value = column[i]
                 if value:
                     counts[bucket] += value
-        values.append(quantile_from_counts(counts, n / 100.0))
-    name = f"histogramPercentile({format_path_expressions(series_list)},{n:g})"
+        values.append(quantile_from_counts(counts, q / 100.0))
+    name = f"histogramPercentile({format_path_expressions(series_list)},{q:g})"
     return [TimeSeries(name, start, end, step, values, tags={"name": name},
                        x_files_factor=ctx.x_files_factor)]
