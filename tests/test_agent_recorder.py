@@ -240,6 +240,11 @@ def test_points_follow_the_naming_contract() -> None:
     hist = {int(n.rsplit(".", 1)[1]): v for n, (v, _) in by_name.items()
             if n.startswith(f"{base}.latency.hist.")}
     assert hist == {bucket_index(10.0): 1, bucket_index(30.0): 1}
+    stats = {name[len(base) + 1:] for name in by_name if name.startswith(f"{base}.")}
+    assert {s for s in stats if not s.startswith("latency.hist.")} == {  # the contract's list
+        "requests", "errors", "errors.timeout", "errors.connection", "errors.5xx",
+        "errors.business", "qps", "success_rate", "latency.avg", "latency.p50",
+        "latency.p90", "latency.p99", "latency.p999", "latency.max"}
     client = "mesh.tm.client.php-web.user_svc.bj-1"
     assert by_name[f"{client}.requests"][0] == 1
     assert by_name[f"{client}.latency.p50"][0] == pytest.approx(12.0, rel=0.01)

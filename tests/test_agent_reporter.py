@@ -174,6 +174,22 @@ def test_a_full_buffer_drops_the_oldest_windows_and_counts_them() -> None:
         server.close()
 
 
+def test_the_default_buffer_keeps_ten_minutes_of_windows() -> None:
+    port = free_port()  # nobody listens
+    clock = Clock(4_000_000.0)
+    recorder, reporter, registry = make(port, clock, backoff_initial_seconds=1e6,
+                                        backoff_max_seconds=1e6)
+    for window in range(61):  # 10 s windows: the 61st pushes out the first
+        recorder.record("svc", 5.0)
+        clock.now = 4_000_000.0 + 10 * (window + 1)
+        reporter.tick()
+    assert reporter.buffered_windows == [4_000_000 + 10 * w for w in range(1, 61)]
+    per_window = reporter.buffered_points // 60
+    assert reporter.dropped_points == per_window > 0
+    assert registry.get_sample_value("tidemark_agent_points_dropped_total") == per_window
+    reporter.stop()
+
+
 def test_the_thread_sends_on_its_own_and_stop_flushes_the_open_window(
         line_server: LineServer) -> None:
     recorder = Recorder(1, default_node="n")

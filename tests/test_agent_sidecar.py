@@ -477,3 +477,45 @@ async def test_access_log_writes_one_line_per_call(
                                 ("nosuchservice", "GET", "/", 503, "connection")]
     assert lines[0].node == f"127.0.0.1-{a.port}"  # type: ignore[attr-defined]
     assert lines[0].ms >= 0  # type: ignore[attr-defined]
+
+
+class OrderA:
+    """Appends its name to ``X-Order`` on the way out (the innermost filter writes first)."""
+
+    name = "a"
+
+    def __init__(self, ctx: object) -> None:
+        pass
+
+    async def handle(self, call: Call, next_: Next) -> Reply:
+        reply = await next_(call)
+        order = reply.headers.get("X-Order")
+        return Reply(reply.status, {**reply.headers,
+                                    "X-Order": f"{order},{self.name}" if order else self.name},
+                     reply.body)
+
+
+class OrderB(OrderA):
+    name = "b"
+
+
+async def test_filters_run_in_the_configured_order(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    await mesh.server_agent("user", a)
+    here = "tests.test_agent_sidecar"
+    ab = await mesh.client_agent("web", filters=(f"{here}:OrderA", f"{here}:OrderB",
+                                                 "switcher", "failover"))
+    ba = await mesh.client_agent("web", filters=(f"{here}:OrderB", "switcher",
+                                                 f"{here}:OrderA", "failover"))
+    await mesh.wait_nodes(ab, "user", 1)
+    await mesh.wait_nodes(ba, "user", 1)
+    assert (await mesh.get(ab, "/user/"))[1]["X-Order"] == "b,a"
+    assert (await mesh.get(ba, "/user/"))[1]["X-Order"] == "a,b"
+    await mesh.admin.degrade("user", reason="test", who="ops")
+    for _ in range(250):
+        status, headers, _ = await mesh.get(ba, "/user/")
+        if status == 503:
+            break
+        await asyncio.sleep(0.02)
+    # The switcher answers before the filters after it: only b (before it) saw the call.
+    assert status == 503 and headers["X-Order"] == "b"
