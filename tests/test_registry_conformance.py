@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from registry.client import open_registry
 from registry.errors import RegistryUnavailable
 from registry.model import Node, Snapshot
 from tests.test_registry_helpers import Backend, make_backend, next_matching, unique, wait_until
@@ -186,7 +188,9 @@ async def test_slow_watcher_gets_latest_snapshot(backend: Backend) -> None:
         assert all(s.revision > first.revision for s in seen)
 
 
-async def test_watchers_survive_registry_restart(backend: Backend) -> None:
+async def test_watchers_survive_registry_restart(backend: Backend,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="registry.client")
     client = backend.client()
     service = unique("restart")
     registration = await client.register(service, _node("r1"), ttl_seconds=3)
@@ -203,6 +207,12 @@ async def test_watchers_survive_registry_restart(backend: Backend) -> None:
         assert after.config.degraded is not None and after.config.degraded.reason == (
             "load shedding")
         assert watch.reconnects >= 1, "the watch must notice and say it reconnected"
+        assert watch.connected
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "registry.client" and getattr(r, "service", None) == service]
+    assert ("WARNING", "registry watch lost; reconnecting") in said
+    assert said.index(("WARNING", "registry watch lost; reconnecting")) < said.index(
+        ("INFO", "registry watch reconnected"))
     # The registered node heartbeats through the restart (or registers again): it is
     # there more than one TTL after the restart.
     await asyncio.sleep(3 * 1.5)
@@ -321,8 +331,18 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
     assert not live.from_cache and (cache_dir / f"{service}.json").exists()
     assert metrics.get_sample_value("tidemark_registry_snapshot_age_seconds",
                                     {"service": service}) == 0.0
+    watch = client.watch(service)
+    await next_matching(watch, lambda s: s.config.idc_weights == {"bj": 80})
     await backend.stop_registry()
     try:
+        # A running watch that loses the registry keeps what it had; the age starts to grow.
+        def aged() -> bool:
+            age = metrics.get_sample_value("tidemark_registry_snapshot_age_seconds",
+                                           {"service": service})
+            return age is not None and age > 0
+
+        await wait_until(aged)
+        await watch.aclose()
         # A new process (a fresh client on the same cache) starts while the registry is down.
         metrics2 = CollectorRegistry()
         fresh = backend.client(cache_dir=cache_dir, metrics=metrics2)
@@ -343,6 +363,43 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
             await nocache.snapshot(service)
     finally:
         await backend.start_registry()
+
+
+async def test_fail_static_serves_at_start_while_the_registry_does_not_answer(
+        backend: Backend, tmp_path: Path) -> None:
+    # The registry's port accepts connections but never answers (a hung registry): a
+    # process starting now serves the cached snapshot after `initial_wait_seconds`.
+    service = unique("hung")
+    cache_dir = tmp_path / "cache"
+    filler = backend.client(cache_dir=cache_dir)
+    await filler.set_switches(service, {"safe_mode": True}, who="test")
+    await filler.snapshot(service)
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(reader: asyncio.StreamReader,
+                                     writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read()
+
+    silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    scheme = "http" if backend.kind == "embedded" else "etcd"
+    metrics = CollectorRegistry()
+    client = open_registry(f"{scheme}://127.0.0.1:{port}", cache_dir=cache_dir,
+                           metrics=metrics)
+    try:
+        async with client.watch(service, initial_wait_seconds=0.2) as watch:
+            served = await next_matching(watch, lambda s: True)
+        assert served.from_cache and served.config.switches == {"safe_mode": True}
+        assert connections, "the client must have been waiting for the silent registry"
+        assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
+                                        {"service": service}) == 1.0
+    finally:
+        await client.stop()
+        for writer in connections:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
 
 
 async def test_history_is_bounded_and_writers_with_stale_copies_agree(backend: Backend) -> None:
@@ -395,8 +452,14 @@ async def test_registryctl_operates_both_backends(backend: Backend, tmp_path: Pa
     config = json.loads((await ctl("config", service)).stdout)
     assert config["degraded"]["fallback_status"] == 429 and config["degraded"]["who"] == "ops"
     assert (await ctl("restore", service)).returncode == 0
+    done = await ctl("weights", service, "bj=70", "sh=30")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["changes"] == {"idc_weight/bj": 70, "idc_weight/sh": 30}
+    config = json.loads((await ctl("config", service)).stdout)
+    assert config["idc_weights"] == {"bj": 70, "sh": 30} and config["degraded"] is None
     history = json.loads((await ctl("history", service)).stdout)
-    assert [c["kind"] for c in history] == ["switches", "degrade", "restore"]
+    assert [c["kind"] for c in history] == ["switches", "degrade", "restore", "idc_weights"]
+    assert all(c["who"] == "ops" and c["at"] > 0 for c in history)
     bad = await ctl("switch", service, "cache=maybe")
     assert bad.returncode == 2 and b"on or off" in bad.stderr
     bad = await ctl("weights", service, "b d=3")
