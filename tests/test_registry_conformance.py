@@ -274,6 +274,28 @@ async def test_revert_restores_replaced_values(backend: Backend) -> None:
         await client.revert(service, first.id, who="dave")
 
 
+async def test_node_weight_overrides_and_removing_keys(backend: Backend) -> None:
+    client = backend.client()
+    service = unique("override")
+    await client.register(service, _node("n1"), ttl_seconds=5)
+    set_ = await client.set_node_weights(service, {"n1": 200, "n2": 1}, who="ops", why="hot")
+    snapshot = await client.snapshot(service)
+    assert snapshot.nodes[0].weight == 10, "the registered weight is left as it was"
+    assert snapshot.config.node_weights == {"n1": 200, "n2": 1}
+    assert snapshot.config.revision > 0
+    await client.set_node_weights(service, {"n2": None}, who="ops")
+    await client.set_switches(service, {"a": True, "b": False}, who="ops")
+    await client.set_switches(service, {"a": None}, who="ops")
+    config = (await client.snapshot(service)).config
+    assert (config.node_weights, config.switches) == ({"n1": 200}, {"b": False})
+    await client.revert(service, set_.id, who="ops")
+    assert (await client.snapshot(service)).config.node_weights == {}
+    with pytest.raises(ValueError, match=r"weights\.n1"):
+        await client.set_node_weights(service, {"n1": 501}, who="ops")
+    assert [c.kind for c in await client.history(service)] == [
+        "node_weights", "node_weights", "switches", "switches", "revert"]
+
+
 async def test_prefix_watch_sees_every_matching_service(backend: Backend) -> None:
     client = backend.client()
     prefix = unique("pfx") + "-"

@@ -29,6 +29,17 @@ def test_names_at_the_limit_are_accepted() -> None:
     assert check_name("A-z_0.9" + "x" * 121, "service")
 
 
+def test_node_defaults() -> None:
+    node = Node(id="n1", address="10.0.0.1:80")
+    assert (node.idc, node.weight, node.status, dict(node.labels), node.registered_at) == (
+        "default", 10, "up", {}, 0.0)
+    for weight in (1, 500):
+        assert Node(id="n1", address="h:1", weight=weight).weight == weight
+    for weight in (0, 501):
+        with pytest.raises(ValueError, match="weight"):
+            Node(id="n1", address="h:1", weight=weight)
+
+
 def test_node_round_trip_and_unknown_fields() -> None:
     node = Node(id="n1", address="[::1]:80", idc="bj", weight=500, status="draining",
                 labels={"zone": "a"}, registered_at=12.5)
