@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,14 @@ from registry.errors import NotFound, RegistryError, RegistryUnavailable, Unauth
 from registry.model import Command, Node, Snapshot, check_name
 
 __all__ = ["HttpRegistryClient"]
+
+
+class _TooManyPolls(RegistryUnavailable):
+    """The registry has as many long polls waiting as it allows (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class HttpRegistryClient(BaseClient):
@@ -71,6 +80,7 @@ class HttpRegistryClient(BaseClient):
                     timeout=timeout) as response:
                 text = await response.text()
                 status = response.status
+                retry_after = response.headers.get("Retry-After", "1")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
         try:
@@ -88,7 +98,13 @@ class HttpRegistryClient(BaseClient):
             raise NotFound(message)
         if status == 413:
             raise ValueError(f"body: too large ({message})")
-        if status == 429 or status >= 500:  # 429: too many long polls; try again later
+        if status == 429:
+            try:
+                delay = min(max(float(retry_after), 0.1), 5.0)
+            except ValueError:
+                delay = 1.0
+            raise _TooManyPolls(f"{self._base}: HTTP 429: {message}", delay)
+        if status >= 500:
             raise RegistryUnavailable(f"{self._base}: HTTP {status}: {message}")
         raise RegistryError(f"{self._base}: HTTP {status}: {message}")
 
@@ -136,19 +152,27 @@ class HttpRegistryClient(BaseClient):
         wait = "0s"
         timeout = self._wait + self._timeout
         while True:
+            try:
+                if service is not None:
+                    data = await self._request("GET", self._svc(service),
+                                               params={"index": str(index), "wait": wait},
+                                               timeout_seconds=timeout)
+                else:
+                    data = await self._request("GET", "/v1/watch",
+                                               params={"prefix": prefix or "",
+                                                       "index": str(index), "wait": wait},
+                                               timeout_seconds=timeout)
+            except _TooManyPolls as busy:
+                # The registry is up but has no room for another waiting poll: ask again
+                # from the same index later (the connection is fine; no reconnect).
+                await asyncio.sleep(busy.retry_after_seconds)
+                continue
             if service is not None:
-                data = await self._request("GET", self._svc(service),
-                                           params={"index": str(index), "wait": wait},
-                                           timeout_seconds=timeout)
                 snapshot = Snapshot.from_dict(data)
                 if snapshot.revision > index or wait == "0s":
                     emit(snapshot)
                 index = max(index, snapshot.revision)
             else:
-                data = await self._request("GET", "/v1/watch",
-                                           params={"prefix": prefix or "", "index": str(index),
-                                                   "wait": wait},
-                                           timeout_seconds=timeout)
                 for item in data["snapshots"]:
                     emit(Snapshot.from_dict(item))
                 index = max(index, int(data["revision"]))

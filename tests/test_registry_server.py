@@ -191,6 +191,38 @@ async def test_long_polls_are_bounded(tmp_path: Path) -> None:
         await server.stop()
 
 
+async def test_a_watch_refused_a_long_poll_retries_without_reconnecting(tmp_path: Path) -> None:
+    server = RegistryServer(RegistryServerConfig(data_dir=tmp_path, http_port=0,
+                                                 max_long_polls=1))
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    client = open_registry(base)
+    metric = server.metrics.get_sample_value
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def hog() -> int:  # another watcher holding the only slot
+                async with session.get(f"{base}/v1/services/other",
+                                       params={"index": "0", "wait": "30s"}) as response:
+                    return response.status
+
+            hogging = asyncio.ensure_future(hog())
+            while metric("tidemark_registry_long_polls") != 1.0:
+                await asyncio.sleep(0.01)
+            async with client.watch("svc") as watch:
+                first = await asyncio.wait_for(anext(watch), 10)
+                while not metric("tidemark_registry_long_polls_refused_total"):
+                    await asyncio.sleep(0.01)
+                server.store.command("svc", "restore", {}, who="ops", why="")
+                after = await asyncio.wait_for(anext(watch), 10)
+                assert after.revision > first.revision
+                assert watch.reconnects == 0 and watch.connected
+            server.store.command("other", "restore", {}, who="ops", why="")
+            assert await asyncio.wait_for(hogging, 10) == 200
+    finally:
+        await client.stop()
+        await server.stop()
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1", "http://127.0.0.1:0", "http://h:99999",
                                  "http://h:8500/v1", "http://h:8500?x=1", "http://u@h:8500",
                                  "https://h:8500", "h:8500"])

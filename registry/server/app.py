@@ -75,6 +75,9 @@ class RegistryServer:
                                 "Nodes removed because their TTL passed", registry=self.metrics)
         self._waiters = Gauge("tidemark_registry_long_polls", "Long-poll requests waiting",
                               registry=self.metrics)
+        self._refused = Counter("tidemark_registry_long_polls_refused",
+                                "Long polls refused (429) because max_long_polls were waiting",
+                                registry=self.metrics)
         revision = Gauge("tidemark_registry_revision", "Current global revision",
                          registry=self.metrics)
         revision.set_function(lambda: self.store.revision)
@@ -112,6 +115,7 @@ class RegistryServer:
         if done() or wait_seconds <= 0:
             return
         if self._polls >= self.config.max_long_polls:
+            self._refused.inc()
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": f"wait: more than {self.config.max_long_polls} "
                                           "long polls are waiting; retry later"}),
