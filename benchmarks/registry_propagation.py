@@ -9,7 +9,15 @@ loads them alike:
 
 * ``embedded`` - ``tidemark registry`` (its own process) through our client and watch;
 * ``etcd``     - our etcd backend (watch = snapshot per change, command = CAS transaction);
-* ``raw-etcd`` - the floor: plain aetcd puts and key watches, without our layer.
+* ``raw-etcd`` - the floor: plain aetcd puts and key watches, without our layer;
+* ``raw-etcd-txn`` - the floor for the same write: the raw client sends the transaction a
+  command is (compare the config key's mod revision, put the config JSON, put a history
+  entry; on a lost race read the config back) and its watchers decode the config JSON,
+  without our layer (no validation, command logic, snapshots or pump tasks).
+
+``raw-etcd`` is what etcd costs for the least write; ``raw-etcd-txn`` is what etcd costs for
+the write the issue asks of a command (several keys in one transaction). The script prints
+our layer's overhead over both.
 
 Usage::
 
@@ -53,6 +61,56 @@ from tests.peers.process import free_port, process_tree_cpu_seconds  # noqa: E40
 
 SERVICE = "bench-propagation"
 RAW_KEY = b"/bench/raw/config"
+RAW_TXN_KEY = b"/bench/raw-txn/services/bench/config"
+RAW_TXN_HISTORY = "/bench/raw-txn/history/bench/{:012d}"
+RAW_KINDS = ("raw-etcd", "raw-etcd-txn")
+ETCD_KINDS = ("etcd", *RAW_KINDS)
+
+
+def _raw_txn_values(seq: int, command_id: int) -> tuple[bytes, bytes]:
+    """The config and history values of one raw transaction, shaped like a command's."""
+    config = {"flat": {"idc_weight/seq": seq}, "next_id": command_id + 1}
+    entry = {"id": command_id, "service": "bench-propagation", "kind": "idc_weights",
+             "who": "bench", "why": "", "at": time.time(), "changes": {"idc_weight/seq": seq},
+             "previous": {"idc_weight/seq": seq}, "reverted_by": None}
+    return (json.dumps(config, separators=(",", ":")).encode(),
+            json.dumps(entry, separators=(",", ":")).encode())
+
+
+class _RawTxnWriter:
+    """Compare-and-swap writes of a config key plus a history key, straight on etcd's KV
+    stub: the transaction a command is, with none of our layer around it."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.mod_revision = 0
+        self.command_id = 0
+
+    async def write(self, seq: int) -> None:
+        from aetcd import rpc
+
+        while True:
+            self.command_id += 1
+            config, entry = _raw_txn_values(seq, self.command_id)
+            request = rpc.TxnRequest()
+            compare = request.compare.add()
+            compare.key = RAW_TXN_KEY
+            compare.result = rpc.Compare.EQUAL
+            compare.target = rpc.Compare.MOD
+            compare.mod_revision = self.mod_revision
+            put = request.success.add().request_put
+            put.key, put.value = RAW_TXN_KEY, config
+            put = request.success.add().request_put
+            put.key, put.value = RAW_TXN_HISTORY.format(self.command_id).encode(), entry
+            request.failure.add().request_range.key = RAW_TXN_KEY
+            reply = await self.client.kvstub.Txn(request, timeout=10,
+                                                 metadata=self.client.metadata)
+            if reply.succeeded:
+                self.mod_revision = int(reply.header.revision)
+                return
+            kvs = reply.responses[0].response_range.kvs
+            self.mod_revision = int(kvs[0].mod_revision) if kvs else 0
+            self.command_id = json.loads(kvs[0].value)["next_id"] - 1 if kvs else 0
 
 
 def _seq_of(weights: dict[str, int]) -> int:
@@ -76,17 +134,23 @@ async def _worker_async(kind: str, url: str, token: str | None, count: int,
 
     clients: list[Any] = []
     tasks = []
-    if kind == "raw-etcd":
+    if kind in RAW_KINDS:
         import aetcd
 
         host, port = url[len("etcd://"):].split(":")
+        key = RAW_KEY if kind == "raw-etcd" else RAW_TXN_KEY
+
+        def seq_of(value: bytes) -> int:
+            if kind == "raw-etcd":
+                return int(value)
+            return int(json.loads(value)["flat"]["idc_weight/seq"])
 
         async def raw_watch(client: Any, started: asyncio.Event) -> None:
             last = -1
-            watch = await client.watch(RAW_KEY)
+            watch = await client.watch(key)
             started.set()
             async for event in watch:
-                seq = int(event.kv.value)
+                seq = seq_of(event.kv.value)
                 if seq != last:
                     last = seq
                     observe(seq)
@@ -125,7 +189,7 @@ async def _worker_async(kind: str, url: str, token: str | None, count: int,
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for client in clients:
-        if kind == "raw-etcd":
+        if kind in RAW_KINDS:
             await client.close()
         else:
             await client.stop()
@@ -146,6 +210,7 @@ class _Subject:
         self.gcs = 0.0
         self.alloc_bytes = 0.0
         self.writer: Any = None
+        self.raw_txn: _RawTxnWriter | None = None
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
         self.latencies: list[float] = []
@@ -156,13 +221,17 @@ class _Subject:
 
     async def start(self, watchers: int, workers: int) -> None:
         """Connect the writer and start the watchers; returns when all are watching."""
-        if self.kind == "raw-etcd":
+        if self.kind in RAW_KINDS:
             import aetcd
 
             host, port = self.url[len("etcd://"):].split(":")
             self.writer = aetcd.Client(host=host, port=int(port), timeout=10)
             await self.writer.connect()
-            await self.writer.put(RAW_KEY, b"500")
+            if self.kind == "raw-etcd":
+                await self.writer.put(RAW_KEY, b"500")
+            else:
+                self.raw_txn = _RawTxnWriter(self.writer)
+                await self.raw_txn.write(500)
         else:
             self.writer = open_registry(self.url, token=self.token)
             await self.writer.start()
@@ -212,6 +281,8 @@ class _Subject:
             start = time.monotonic()
             if self.kind == "raw-etcd":
                 await self.writer.put(RAW_KEY, str(seq).encode())
+            elif self.raw_txn is not None:
+                await self.raw_txn.write(seq)
             else:
                 await self.writer.set_idc_weights(SERVICE, {"seq": seq}, who="bench")
             self.write_seconds.append(time.monotonic() - start)
@@ -242,7 +313,7 @@ class _Subject:
             if proc.is_alive():
                 proc.kill()
         if self.writer is not None:
-            if self.kind == "raw-etcd":
+            if self.kind in RAW_KINDS:
                 await self.writer.close()
             else:
                 await self.writer.stop()
@@ -311,7 +382,7 @@ def main() -> int:
     parser.add_argument("--writes", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4, help="watcher processes per kind")
     parser.add_argument("--round", type=int, default=50, help="writes per kind per round")
-    parser.add_argument("--only", choices=["embedded", "etcd", "raw-etcd"], action="append")
+    parser.add_argument("--only", choices=["embedded", *ETCD_KINDS], action="append")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--etcd-binary", default=None,
                         help="diagnostic: this etcd server binary instead of the installed one")
@@ -327,7 +398,7 @@ def main() -> int:
         if not sep or not key:
             parser.error(f"--etcd-env wants KEY=VALUE, got {item!r}")
         etcd_env[key] = value
-    kinds = args.only or ["embedded", "etcd", "raw-etcd"]
+    kinds = args.only or ["embedded", *ETCD_KINDS]
     tmp = Path(tempfile.mkdtemp(prefix="tidemark-bench-registry-"))
     embedded = etcd = None
     try:
@@ -335,7 +406,7 @@ def main() -> int:
         if "embedded" in kinds:
             embedded, url, token = _start_embedded(tmp)
             subjects.append(_Subject("embedded", url, token, embedded.pid))
-        if {"etcd", "raw-etcd"} & set(kinds):
+        if set(ETCD_KINDS) & set(kinds):
             binary = args.etcd_binary or etcd_binary()
             if binary is None:
                 print("etcd is not installed; skipping the etcd runs", file=sys.stderr)
@@ -347,7 +418,7 @@ def main() -> int:
                 metrics = (f"http://127.0.0.1:{etcd.client_port}/metrics" if args.etcd_gc
                            else None)
                 subjects += [_Subject(kind, etcd.url, None, pid, metrics)
-                             for kind in ("etcd", "raw-etcd") if kind in kinds]
+                             for kind in ETCD_KINDS if kind in kinds]
         results = asyncio.run(_run_all(subjects, args.watchers, args.writes, args.workers,
                                        args.round))
     finally:
@@ -364,10 +435,11 @@ def main() -> int:
     for result in results:
         print(json.dumps(result))
     by_kind = {r["kind"]: r for r in results}
-    if "etcd" in by_kind and "raw-etcd" in by_kind:
-        for key in ("p50_ms", "p99_ms"):
-            overhead = by_kind["etcd"][key] / max(by_kind["raw-etcd"][key], 1e-9) - 1
-            print(json.dumps({f"etcd_{key}_overhead_vs_raw": round(overhead, 3)}))
+    for floor, label in (("raw-etcd", "raw"), ("raw-etcd-txn", "raw_txn")):
+        if "etcd" in by_kind and floor in by_kind:
+            for key in ("p50_ms", "p99_ms"):
+                overhead = by_kind["etcd"][key] / max(by_kind[floor][key], 1e-9) - 1
+                print(json.dumps({f"etcd_{key}_overhead_vs_{label}": round(overhead, 3)}))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
