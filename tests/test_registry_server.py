@@ -95,6 +95,8 @@ async def test_writes_need_the_token(http: tuple[aiohttp.ClientSession, str]) ->
      "command"),
     ("/v1/services/" + "s" * 129 + "/commands", {"kind": "restore", "who": "a"}, "service"),
     ("/v1/services/b%20d/commands", {"kind": "restore", "who": "a"}, "service"),
+    ("/v1/services/svc/commands?force=1", {"kind": "restore", "who": "a"}, "force"),
+    ("/v1/services/svc/nodes/n1?ttl=5", _node_body(), "ttl"),
 ])
 async def test_bad_input_is_a_400_naming_the_field(
         http: tuple[aiohttp.ClientSession, str], path: str, body: dict[str, object],
@@ -283,6 +285,9 @@ async def test_long_poll_returns_on_change(http: tuple[aiohttp.ClientSession, st
     async with session.get(f"{base}/v1/services/svc",
                            params={"index": "x", "wait": "1s"}) as response:
         assert response.status == 400 and "index" in (await response.json())["error"]
+    for path in ("/v1/services", "/v1/services/svc/history", "/v1/services/svc"):
+        async with session.get(f"{base}{path}", params={"colour": "red"}) as response:
+            assert response.status == 400 and "colour" in (await response.json())["error"]
     async with session.get(f"{base}/v1/watch", params={"prefix": "", "index": "0"}) as response:
         data = await response.json()
         assert [s["service"] for s in data["snapshots"]] == ["other", "svc"]

@@ -72,6 +72,11 @@ async def _body(request: web.Request, allowed: set[str]) -> Mapping[str, Any]:
     return data
 
 
+def _no_query(request: web.Request) -> None:
+    if request.query:
+        raise _bad(f"query: unknown parameter {sorted(request.query)[0]!r}")
+
+
 def _long_poll_args(request: web.Request) -> tuple[int, float]:
     unknown = sorted(set(request.query) - {"index", "wait", "prefix"})
     if unknown:
@@ -93,6 +98,7 @@ def _long_poll_args(request: web.Request) -> tuple[int, float]:
 
 async def list_services(request: web.Request) -> web.Response:
     """``GET /v1/services``: names of every service with nodes or configuration."""
+    _no_query(request)
     store = _server(request).store
     return web.json_response({"services": store.services(), "revision": store.revision})
 
@@ -127,6 +133,7 @@ async def watch_prefix(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     """``GET /v1/services/{service}/history``: recent commands, oldest first."""
     service = _path_name(request, "service", "service")
+    _no_query(request)
     commands = _server(request).store.history(service)
     return web.json_response({"commands": [c.to_dict() for c in commands]})
 
@@ -134,6 +141,7 @@ async def history(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     """``PUT /v1/services/{service}/nodes/{node}`` with ``{"node": {...}, "ttl_seconds": T}``."""
     _require_token(request)
+    _no_query(request)
     service = _path_name(request, "service", "service")
     node_id = _path_name(request, "node", "node")
     body = await _body(request, {"node", "ttl_seconds"})
@@ -154,6 +162,7 @@ async def register(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     """``PUT /v1/services/{service}/nodes/{node}/heartbeat``: 404 if the node is unknown."""
     _require_token(request)
+    _no_query(request)
     service = _path_name(request, "service", "service")
     node_id = _path_name(request, "node", "node")
     if not _server(request).store.heartbeat(service, node_id):
@@ -164,6 +173,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def deregister(request: web.Request) -> web.Response:
     """``DELETE /v1/services/{service}/nodes/{node}``."""
     _require_token(request)
+    _no_query(request)
     service = _path_name(request, "service", "service")
     node_id = _path_name(request, "node", "node")
     if not _server(request).store.deregister(service, node_id):
@@ -175,6 +185,7 @@ async def deregister(request: web.Request) -> web.Response:
 async def post_command(request: web.Request) -> web.Response:
     """``POST /v1/services/{service}/commands`` with ``{"kind", "args", "who", "why"}``."""
     _require_token(request)
+    _no_query(request)
     service = _path_name(request, "service", "service")
     body = await _body(request, {"kind", "args", "who", "why"})
     try:
