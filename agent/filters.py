@@ -29,6 +29,7 @@ from agent.balancer import Balancer, Endpoint, make_balancer
 from agent.breaker import CircuitBreaker
 from agent.call import (
     IDEMPOTENT_METHODS,
+    NOT_SENT_HEADER,
     Call,
     Filter,
     Next,
@@ -241,6 +242,9 @@ class ActiveLimitFilter(HookFilter):
         self.active -= 1
 
 
+_NOT_SENT = {NOT_SENT_HEADER: "1"}
+
+
 class _Rolling:
     """Latencies and request/backup counts over the last two windows of a service."""
 
@@ -321,6 +325,7 @@ class FailoverFilter:
             rolling.requests[1] += 1
         tried: set[str] = set()
         last: UpstreamError | None = None
+        sent = False  # whether an attempt may have reached a service
         single = len(endpoints) == 1
         for attempt in range(config.max_attempts):
             if single:  # the common server-side case: nothing to balance
@@ -340,6 +345,7 @@ class FailoverFilter:
                     reply, used = await self._attempt(call, node, next_, copy=False)
             except UpstreamError as exc:
                 last = exc
+                sent = sent or exc.sent or call.backup_sent
                 if not isinstance(exc, NodeUnavailable):
                     self._ctx.metrics.upstream_errors.labels(call.service,
                                                              exc.error_class).inc()
@@ -354,7 +360,9 @@ class FailoverFilter:
         if last is None:
             return error_reply(503, f"no available node for service {call.service}")
         status = 504 if last.error_class == "timeout" else 502
-        return error_reply(status, f"service {call.service}: {last}")
+        if sent:
+            return error_reply(status, f"service {call.service}: {last}")
+        return error_reply(status, f"service {call.service}: {last}", **_NOT_SENT)
 
     async def _attempt(self, call: Call, node: Endpoint, next_: Next, *,
                        copy: bool = True) -> tuple[Reply, Call]:
@@ -367,13 +375,20 @@ class FailoverFilter:
             sub = call
             call.node, call.error = node, None
         try:
-            return await next_(sub), sub
+            reply = await next_(sub)
         finally:
             left = active.get(node.id, 1) - 1
             if left > 0:
                 active[node.id] = left
             else:
                 active.pop(node.id, None)
+        if reply.status >= 500 and NOT_SENT_HEADER in reply.headers:
+            # The node's agent could not reach its service: as safe to move on as a
+            # connection refused here (its circuit breaker counted the 5xx).
+            raise UpstreamError("timeout" if reply.status == 504 else "connection",
+                                f"node {node.id} cannot reach its service ({reply.status})",
+                                sent=False)
+        return reply, sub
 
     async def _hedged(self, call: Call, node: Endpoint, endpoints: Sequence[Endpoint],
                       tried: set[str], next_: Next, rolling: _Rolling, balancer: Balancer

@@ -519,3 +519,32 @@ async def test_filters_run_in_the_configured_order(mesh: Mesh) -> None:
         await asyncio.sleep(0.02)
     # The switcher answers before the filters after it: only b (before it) saw the call.
     assert status == 503 and headers["X-Order"] == "b"
+
+
+async def test_a_node_whose_service_is_down_behind_its_live_agent_is_failed_over(
+        mesh: Mesh) -> None:
+    """The server-side agent of a dead service answers 502 marked as never sent; the client
+    agent moves on to another node, whatever the method, and counts the failover."""
+    good = await mesh.upstream("good")
+    good_agent = await mesh.server_agent("user", good)
+    dead = await mesh.agent(mesh.config(service="user",
+                                        upstream=f"http://127.0.0.1:{free_port()}"))
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_requests=False,
+                                     breaker_min_requests=1000)
+    await mesh.wait_nodes(client, "user", 2)
+    for i in range(10):
+        status, headers, body = await mesh.get(client, f"/user/{i}", method="POST", data=b"x")
+        assert status == 200 and json.loads(body)["node"] == "good"
+        assert "X-Tidemark-Not-Sent" not in headers
+    assert len(good.calls) == 10  # each call reached a service once
+    metrics = (await mesh.get(client, "/metrics"))[2].decode()
+    assert 'tidemark_agent_failovers_total{service="user"} 5.0' in metrics
+    # Asked directly, the dead service's agent says the call never reached it.
+    status, headers, _ = await mesh.get(dead, "/x", method="POST", data=b"x")
+    assert status == 502 and headers["X-Tidemark-Not-Sent"] == "1"
+    # With no other node left, the caller gets the client agent's own 502.
+    await good_agent.stop()  # deregisters the good node
+    mesh.agents.remove(good_agent)
+    await mesh.wait_nodes(client, "user", 1)
+    status, headers, body = await mesh.get(client, "/user/x")
+    assert status == 502 and "cannot reach its service" in json.loads(body)["error"]
