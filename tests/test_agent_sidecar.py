@@ -230,7 +230,7 @@ async def test_bad_input_and_faults_get_clear_errors(mesh: Mesh) -> None:
         return web.Response(text="late")
 
     slow_up = await mesh.upstream("slow", slow)
-    await mesh.server_agent("slowsvc", slow_up, request_timeout_seconds=0.3)
+    slow_agent = await mesh.server_agent("slowsvc", slow_up, request_timeout_seconds=0.3)
     dead_upstream_port = free_port()
     downsvc = await mesh.agent(mesh.config(service="downsvc",
                                            upstream=f"http://127.0.0.1:{dead_upstream_port}"))
@@ -256,6 +256,13 @@ async def test_bad_input_and_faults_get_clear_errors(mesh: Mesh) -> None:
     metrics = (await mesh.get(client, "/metrics"))[2].decode()
     assert 'tidemark_agent_bad_requests_total{reason="route"} 2.0' in metrics
     assert 'tidemark_agent_bad_requests_total{reason="body_too_large"} 1.0' in metrics
+    # Each agent counts the faults it saw, by class.
+    metrics = (await mesh.get(slow_agent, "/metrics"))[2].decode()
+    assert 'tidemark_agent_upstream_errors_total{error="timeout",service="slowsvc"} 1.0' \
+        in metrics
+    metrics = (await mesh.get(downsvc, "/metrics"))[2].decode()
+    assert 'tidemark_agent_upstream_errors_total{error="connection",service="downsvc"} 1.0' \
+        in metrics
 
 
 async def test_registry_gone_keeps_serving_and_restart_uses_the_disk_snapshot(
