@@ -144,6 +144,14 @@ async def test_switches_reach_the_upstream_and_a_degrade_switch_degrades(mesh: M
             break
         await asyncio.sleep(0.02)
     assert (status, body) == (200, b'{"items": []}')  # the configured static fallback
+    calls = len(a.calls)
+    await mesh.admin.set_switches("user", {"degraded": None}, who="ops")  # removed
+    for _ in range(250):
+        status, headers, body = await mesh.get(client, "/user/")
+        if "X-Tidemark-Degraded" not in headers:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 200 and json.loads(body)["node"] == "a" and len(a.calls) == calls + 1
 
 
 async def test_failover_on_connection_errors_and_breaker_opens_on_5xx(mesh: Mesh) -> None:
