@@ -1,12 +1,14 @@
-"""Client of the embedded registry (``http://HOST:PORT``), over aiohttp with long-poll watches."""
+"""Client of the embedded registry (``http://HOST:PORT``), over aiohttp; watches follow a
+stream of snapshots (long polls against a registry without streams)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -18,6 +20,8 @@ from registry.model import Command, Node, Snapshot, check_name
 
 __all__ = ["HttpRegistryClient"]
 
+log = logging.getLogger("registry.http")
+
 
 class _TooManyPolls(RegistryUnavailable):
     """The registry has as many long polls waiting as it allows (HTTP 429)."""
@@ -25,6 +29,21 @@ class _TooManyPolls(RegistryUnavailable):
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class _NoStreams(Exception):
+    """The registry answered 404 for a watch stream: it predates them; long-poll."""
+
+
+# A watch stream's lines are whole snapshots; aiohttp refuses a line over twice this.
+_STREAM_READ_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class HttpRegistryClient(BaseClient):
@@ -48,6 +67,11 @@ class HttpRegistryClient(BaseClient):
         self._wait = wait_seconds
         self._timeout = request_timeout_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._streams = True  # watch through streams until the registry says it has none
+        # A stream stays open; the registry sends a keep-alive line every wait_seconds.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=request_timeout_seconds,
+            sock_read=wait_seconds + request_timeout_seconds)
 
     async def start(self) -> None:
         """Open the HTTP session (also done lazily on first use)."""
@@ -89,6 +113,10 @@ class HttpRegistryClient(BaseClient):
             data = {"error": text[:200]}
         if status < 300:
             return data
+        self._raise_for(status, data, text, retry_after)
+
+    def _raise_for(self, status: int, data: Any, text: str, retry_after: str) -> NoReturn:
+        """The exception for an answer of ``status`` (not 2xx) with body ``text``."""
         message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
         if status == 400:
             raise ValueError(message)
@@ -149,31 +177,89 @@ class HttpRegistryClient(BaseClient):
     async def _follow(self, *, service: str | None, prefix: str | None,
                       emit: Callable[[Snapshot], None]) -> None:
         index = 0
-        wait = "0s"
-        timeout = self._wait + self._timeout
         while True:
             try:
-                if service is not None:
-                    data = await self._request("GET", self._svc(service),
-                                               params={"index": str(index), "wait": wait},
-                                               timeout_seconds=timeout)
-                else:
-                    data = await self._request("GET", "/v1/watch",
-                                               params={"prefix": prefix or "",
-                                                       "index": str(index), "wait": wait},
-                                               timeout_seconds=timeout)
+                if self._streams:
+                    index = await self._follow_stream(service, prefix, emit, index)
+                    raise RegistryUnavailable(f"{self._base}: watch stream ended")
+                await self._follow_polls(service, prefix, emit, index)
             except _TooManyPolls as busy:
-                # The registry is up but has no room for another waiting poll: ask again
-                # from the same index later (the connection is fine; no reconnect).
+                # The registry is up but has no room for another watcher: read the current
+                # state now (a read need not wait), then ask again from there later (the
+                # connection is fine; no reconnect).
+                index = await self._poll(service, prefix, emit, index, "0s")
+                await asyncio.sleep(busy.retry_after_seconds)
+            except _NoStreams:
+                log.info("registry has no watch streams; long-polling instead",
+                         extra={"registry": self._base})
+                self._streams = False
+
+    async def _follow_stream(self, service: str | None, prefix: str | None,
+                             emit: Callable[[Snapshot], None], index: int) -> int:
+        """Follow one watch stream (a line per change) from ``index``; returns the last
+        revision seen when the registry ends the stream."""
+        if service is not None:
+            path, params = self._svc(service) + "/stream", {}
+        else:
+            path, params = "/v1/watch/stream", {"prefix": prefix or ""}
+        params.update(index=str(index), wait=f"{self._wait:g}s")
+        try:
+            async with self._get_session().get(
+                    self._base + path, params=params, timeout=self._stream_timeout,
+                    read_bufsize=_STREAM_READ_BUFFER_BYTES) as response:
+                if response.status != 200:
+                    text = await response.text()
+                    if response.status == 404 and not text.startswith("{"):
+                        raise _NoStreams()  # a registry from before streams: no such route
+                    self._raise_for(response.status, _json_or_none(text), text,
+                                    response.headers.get("Retry-After", "1"))
+                while line := await response.content.readline():
+                    if line == b"\n":
+                        continue  # keep-alive
+                    data = json.loads(line)
+                    if service is not None:
+                        snapshot = Snapshot.from_dict(data)
+                        emit(snapshot)
+                        index = max(index, snapshot.revision)
+                    else:
+                        for item in data["snapshots"]:
+                            emit(Snapshot.from_dict(item))
+                        index = max(index, int(data["revision"]))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # a line over the read buffer, or not JSON
+            raise RegistryUnavailable(f"{self._base}: bad watch stream line: {exc}") from exc
+        return index
+
+    async def _follow_polls(self, service: str | None, prefix: str | None,
+                            emit: Callable[[Snapshot], None], index: int) -> None:
+        """Follow by long polls (``?index=N&wait=...``), for registries without streams."""
+        wait = "0s"
+        while True:
+            try:
+                index = await self._poll(service, prefix, emit, index, wait)
+            except _TooManyPolls as busy:  # as in _follow
                 await asyncio.sleep(busy.retry_after_seconds)
                 continue
-            if service is not None:
-                snapshot = Snapshot.from_dict(data)
-                if snapshot.revision > index or wait == "0s":
-                    emit(snapshot)
-                index = max(index, snapshot.revision)
-            else:
-                for item in data["snapshots"]:
-                    emit(Snapshot.from_dict(item))
-                index = max(index, int(data["revision"]))
             wait = f"{self._wait:g}s"
+
+    async def _poll(self, service: str | None, prefix: str | None,
+                    emit: Callable[[Snapshot], None], index: int, wait: str) -> int:
+        """One long poll from ``index`` (``wait="0s"``: a plain read, whose answer is emitted
+        whatever its revision); returns the revision reached."""
+        timeout = self._wait + self._timeout
+        if service is not None:
+            data = await self._request("GET", self._svc(service),
+                                       params={"index": str(index), "wait": wait},
+                                       timeout_seconds=timeout)
+            snapshot = Snapshot.from_dict(data)
+            if snapshot.revision > index or wait == "0s":
+                emit(snapshot)
+            return max(index, snapshot.revision)
+        data = await self._request("GET", "/v1/watch",
+                                   params={"prefix": prefix or "", "index": str(index),
+                                           "wait": wait},
+                                   timeout_seconds=timeout)
+        for item in data["snapshots"]:
+            emit(Snapshot.from_dict(item))
+        return max(index, int(data["revision"]))

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -291,6 +292,178 @@ async def test_long_poll_returns_on_change(http: tuple[aiohttp.ClientSession, st
     async with session.get(f"{base}/v1/watch", params={"prefix": "", "index": "0"}) as response:
         data = await response.json()
         assert [s["service"] for s in data["snapshots"]] == ["other", "svc"]
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, object] | None]:
+    """Lines of a watch stream: a JSON object each, ``None`` for a keep-alive line."""
+    while line := await response.content.readline():
+        yield None if line == b"\n" else json.loads(line)
+
+
+async def _next_line(lines: AsyncIterator[dict[str, object] | None],
+                     keepalive: bool = False) -> dict[str, object] | None:
+    """The next object of a stream (or the next line of any kind, with ``keepalive``)."""
+    while True:
+        line = await asyncio.wait_for(anext(lines), 10)
+        if line is not None or keepalive:
+            return line
+
+
+async def _command(session: aiohttp.ClientSession, base: str, service: str,
+                   switches: dict[str, bool]) -> int:
+    async with session.post(f"{base}/v1/services/{service}/commands", headers=AUTH,
+                            json={"kind": "switches", "who": "a",
+                                  "args": {"switches": switches}}) as response:
+        assert response.status == 201
+    async with session.get(f"{base}/v1/services/{service}") as response:
+        return int((await response.json())["revision"])
+
+
+async def test_a_service_stream_sends_the_snapshot_then_every_change(
+        http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    first_revision = await _command(session, base, "svc", {"a": True})
+    async with session.get(f"{base}/v1/services/svc/stream",
+                           params={"wait": "100ms"}) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/x-ndjson")
+        lines = _lines(response)
+        first = await _next_line(lines)
+        assert first is not None and first["revision"] == first_revision
+        assert first["config"]["switches"] == {"a": True}  # type: ignore[index]
+        # Nothing changes: keep-alive lines, and a change to another service sends nothing.
+        await _command(session, base, "other", {"x": True})
+        assert await _next_line(lines, keepalive=True) is None
+        revision = await _command(session, base, "svc", {"b": False})
+        change = await _next_line(lines)
+        assert change is not None and change["revision"] == revision
+        assert change["config"]["switches"] == {"a": True, "b": False}  # type: ignore[index]
+    # From an index the service is not past, the stream waits for the next change.
+    async with session.get(f"{base}/v1/services/svc/stream",
+                           params={"index": str(revision), "wait": "30s"}) as response:
+        lines = _lines(response)
+        later = await _command(session, base, "svc", {"c": True})
+        change = await _next_line(lines)
+        assert change is not None and change["revision"] == later
+
+
+async def test_a_stream_reader_that_falls_behind_gets_the_latest_in_order(
+        http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    async with session.get(f"{base}/v1/services/svc/stream") as response:
+        lines = _lines(response)
+        first = await _next_line(lines)
+        assert first is not None
+        # 300 changes while the reader reads nothing.
+        final = 0
+        for i in range(300):
+            final = await _command(session, base, "svc", {f"s{i % 7}": i % 2 == 0})
+        revisions = []
+        while not revisions or revisions[-1] != final:
+            line = await _next_line(lines)
+            assert line is not None
+            revisions.append(int(line["revision"]))  # type: ignore[call-overload]
+    # Strictly increasing, never more lines than changes, and the last one is the final state.
+    assert revisions == sorted(set(revisions)) and revisions[0] > int(first["revision"])
+    assert len(revisions) <= 300
+
+
+async def test_a_prefix_stream_sends_the_services_under_it(
+        http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    await _command(session, base, "web-a", {"a": True})
+    await _command(session, base, "db", {"a": True})
+    async with session.get(f"{base}/v1/watch/stream",
+                           params={"prefix": "web-", "wait": "30s"}) as response:
+        assert response.status == 200
+        lines = _lines(response)
+        first = await _next_line(lines)
+        assert first is not None
+        assert [s["service"] for s in first["snapshots"]] == ["web-a"]  # type: ignore[attr-defined]
+        await _command(session, base, "db", {"b": True})  # outside the prefix: no line
+        revision = await _command(session, base, "web-b", {"b": True})
+        change = await _next_line(lines)
+        assert change is not None and change["revision"] == revision
+        assert [s["service"] for s in change["snapshots"]] == ["web-b"]  # type: ignore[attr-defined]
+
+
+async def test_stream_bad_input_is_a_400(http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    for path, params, field in [
+            ("/v1/services/svc/stream", {"index": "-1"}, "index"),
+            ("/v1/services/svc/stream", {"wait": "soon"}, "wait"),
+            ("/v1/services/svc/stream", {"prefix": "x"}, "prefix"),
+            ("/v1/services/b%20d/stream", {}, "service"),
+            ("/v1/watch/stream", {"prefix": "a/b"}, "prefix"),
+            ("/v1/watch/stream", {"colour": "red"}, "colour")]:
+        async with session.get(f"{base}{path}", params=params) as response:
+            assert response.status == 400, path
+            assert field in (await response.json())["error"], path
+
+
+async def test_streams_count_as_long_polls_and_end_when_the_server_stops(
+        tmp_path: Path) -> None:
+    server = RegistryServer(RegistryServerConfig(data_dir=tmp_path, http_port=0,
+                                                 max_long_polls=1))
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    metric = server.metrics.get_sample_value
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/v1/services/svc/stream") as response:
+                lines = _lines(response)
+                assert await _next_line(lines) is not None
+                assert metric("tidemark_registry_long_polls") == 1.0
+                async with session.get(f"{base}/v1/watch/stream") as refused:
+                    assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+                stopping = asyncio.ensure_future(server.stop())
+                # The stream ends (no error) once the server stops.
+                assert [line async for line in lines if line is not None] == []
+                await asyncio.wait_for(stopping, 10)
+            assert metric("tidemark_registry_long_polls") == 0.0
+    finally:
+        await server.stop()
+
+
+async def test_a_client_long_polls_a_registry_without_streams(tmp_path: Path) -> None:
+    # A registry from before watch streams: their routes do not exist (aiohttp's plain 404).
+    stream_requests = []
+
+    @web.middleware
+    async def no_streams(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.endswith("/stream"):
+            stream_requests.append(request.path)
+            raise web.HTTPNotFound()
+        return await handler(request)  # type: ignore[no-any-return]
+
+    server = RegistryServer(RegistryServerConfig(data_dir=tmp_path, http_port=0))
+    server.store.open()
+    app = server.build_app()
+    app.middlewares.append(no_streams)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = open_registry(f"http://127.0.0.1:{port}")
+    try:
+        async with client.watch("svc") as watch:
+            first = await asyncio.wait_for(anext(watch), 10)
+            server.store.command("svc", "switches", {"switches": {"on": True}}, who="a",
+                                 why="")
+            after = await asyncio.wait_for(anext(watch), 10)
+            assert after.revision > first.revision and after.config.switches == {"on": True}
+            server.store.command("svc", "switches", {"switches": {"on": False}}, who="a",
+                                 why="")
+            last = await asyncio.wait_for(anext(watch), 10)
+            assert last.revision > after.revision and last.config.switches == {"on": False}
+            assert watch.reconnects == 0 and watch.connected
+        # One stream was asked for, answered 404; every change after came by long poll.
+        assert stream_requests == ["/v1/services/svc/stream"]
+    finally:
+        await client.stop()
+        await server.stop()  # wakes the long poll still waiting, closes the store
+        await runner.cleanup()
 
 
 async def test_healthz_and_metrics(http: tuple[aiohttp.ClientSession, str]) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,42 +105,30 @@ class RegistryServer:
         for event in events:
             event.set()
 
-    async def wait_for(self, done: Callable[[], bool], wait_seconds: float,
-                       service: str | None = None) -> None:
-        """Return when ``done()`` holds, ``wait_seconds`` pass, or the server stops.
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began: long polls and streams end."""
+        return self._stopping
 
-        Waiters on one service are woken only by changes to it; ``service=None`` waits for
-        any change (prefix watches). At most ``max_long_polls`` wait at once; one more is
-        refused with a 429 (memory stays bounded however many watchers connect).
+    @contextlib.contextmanager
+    def poll_slot(self, service: str | None = None) -> Iterator[None]:
+        """Hold one of the ``max_long_polls`` places for a long poll or a watch stream.
+
+        One more than that is refused with a 429 (memory stays bounded however many
+        watchers connect). ``service`` keeps that service's wake-up event alive while held.
         """
-        if done() or wait_seconds <= 0:
-            return
         if self._polls >= self.config.max_long_polls:
             self._refused.inc()
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": f"wait: more than {self.config.max_long_polls} "
                                           "long polls are waiting; retry later"}),
                 content_type="application/json", headers={"Retry-After": "1"})
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
         self._polls += 1
         if service is not None:
             self._polls_on[service] = self._polls_on.get(service, 0) + 1
         self._waiters.inc()
         try:
-            while not done() and not self._stopping:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                if service is None:
-                    event = self._changed_any
-                else:
-                    event = self._changed.setdefault(service, asyncio.Event())
-                try:
-                    async with asyncio.timeout(remaining):
-                        await event.wait()
-                except TimeoutError:
-                    return
+            yield
         finally:
             self._waiters.dec()
             self._polls -= 1
@@ -149,6 +138,37 @@ class RegistryServer:
                     self._polls_on[service] = left
                 else:  # no one waits on it any more: do not keep its event
                     self._changed.pop(service, None)
+
+    async def wait_change(self, done: Callable[[], bool], wait_seconds: float,
+                          service: str | None = None) -> bool:
+        """Wait until ``done()`` holds (True), or ``wait_seconds`` pass or the server stops
+        (``done()`` then). Waiters on one service are woken only by changes to it;
+        ``service=None`` wakes on any change. Call it inside :meth:`poll_slot`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while not done():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopping:
+                return False
+            if service is None:
+                event = self._changed_any
+            else:
+                event = self._changed.setdefault(service, asyncio.Event())
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                return done()
+        return True
+
+    async def wait_for(self, done: Callable[[], bool], wait_seconds: float,
+                       service: str | None = None) -> None:
+        """A long poll: return when ``done()`` holds, ``wait_seconds`` pass, or the server
+        stops; refused with a 429 past ``max_long_polls`` (see :meth:`poll_slot`)."""
+        if done() or wait_seconds <= 0:
+            return
+        with self.poll_slot(service):
+            await self.wait_change(done, wait_seconds, service)
 
     def build_app(self) -> web.Application:
         """The aiohttp application (also used directly by tests)."""

@@ -99,15 +99,18 @@ class RegistryStore:
         return state.revision if state else 0
 
     def snapshot_json(self, service: str) -> tuple[bytes, int]:
-        """The snapshot as JSON bytes and its revision, built once per revision.
+        """The snapshot as JSON bytes (one line, ending in a newline) and its revision,
+        built once per revision.
 
-        A write wakes every long poll on the service; they all share this one encoding.
+        A write wakes every long poll and watch stream on the service; they all share this
+        one encoding (a stream sends it as one line as it is).
         """
         revision = self.service_revision(service)
         cached = self._encoded.get(service)
         if cached is not None and cached[1] == revision:
             return cached
         body = json.dumps(self.snapshot(service).to_dict(), separators=(",", ":")).encode()
+        body += b"\n"
         if len(self._encoded) > 4096:
             self._encoded.clear()
         self._encoded[service] = (body, revision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -77,8 +78,9 @@ def _no_query(request: web.Request) -> None:
         raise _bad(f"query: unknown parameter {sorted(request.query)[0]!r}")
 
 
-def _long_poll_args(request: web.Request) -> tuple[int, float]:
-    unknown = sorted(set(request.query) - {"index", "wait", "prefix"})
+def _long_poll_args(request: web.Request, allowed: frozenset[str] = frozenset({"index", "wait"})
+                    ) -> tuple[int, float]:
+    unknown = sorted(set(request.query) - allowed)
     if unknown:
         raise _bad(f"query: unknown parameter {unknown[0]!r}")
     try:
@@ -115,19 +117,98 @@ async def get_service(request: web.Request) -> web.Response:
                         headers={"X-Registry-Index": str(revision)})
 
 
-async def watch_prefix(request: web.Request) -> web.Response:
-    """``GET /v1/watch?prefix=P&index=N&wait=30s``: services under P changed after N."""
-    index, wait = _long_poll_args(request)
+_PREFIX_ARGS = frozenset({"index", "wait", "prefix"})
+
+
+def _prefix_arg(request: web.Request) -> str:
     try:
-        prefix = check_prefix(request.query.get("prefix", ""))
+        return check_prefix(request.query.get("prefix", ""))
     except ValueError as exc:
         raise _bad(str(exc)) from None
+
+
+async def watch_prefix(request: web.Request) -> web.Response:
+    """``GET /v1/watch?prefix=P&index=N&wait=30s``: services under P changed after N."""
+    index, wait = _long_poll_args(request, _PREFIX_ARGS)
+    prefix = _prefix_arg(request)
     server = _server(request)
     store = server.store
     await server.wait_for(lambda: bool(store.changed_since(prefix, index)), wait)
     return web.json_response({"revision": store.revision,
                               "snapshots": [s.to_dict()
                                             for s in store.changed_since(prefix, index)]})
+
+
+async def _open_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                           "Cache-Control": "no-store"})
+    await response.prepare(request)
+    return response
+
+
+def _heartbeat_seconds(request: web.Request, wait: float) -> float:
+    return wait or _server(request).config.max_wait_seconds
+
+
+async def stream_service(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/services/{service}/stream[?index=N&wait=30s]``: one JSON snapshot per line,
+    the current one first (unless the service is not past N), then the latest after every
+    change; an empty line every ``wait`` when nothing changed (keep-alive)."""
+    service = _path_name(request, "service", "service")
+    index, wait = _long_poll_args(request)
+    server = _server(request)
+    store = server.store
+    heartbeat = _heartbeat_seconds(request, wait)
+    with server.poll_slot(service):
+        response = await _open_stream(request)
+        with contextlib.suppress(ConnectionResetError):  # the reader went away
+            if index == 0 or store.service_revision(service) > index:
+                body, index = store.snapshot_json(service)
+                await response.write(body)
+            while not server.stopping:
+                # One write at a time, and the snapshot is read after the wait: a reader that
+                # falls behind is sent the latest state, never a backlog of every change.
+                def changed(seen: int = index) -> bool:
+                    return store.service_revision(service) > seen
+
+                if await server.wait_change(changed, heartbeat, service):
+                    body, index = store.snapshot_json(service)
+                    await response.write(body)
+                elif not server.stopping:
+                    await response.write(b"\n")  # keep-alive; also finds a reader gone
+            await response.write_eof()
+    return response
+
+
+async def stream_prefix(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/watch/stream?prefix=P[&index=N&wait=30s]``: one line
+    ``{"revision": R, "snapshots": [...]}`` first (services under P changed after N), then
+    one after every change under P; an empty line every ``wait`` when nothing changed."""
+    index, wait = _long_poll_args(request, _PREFIX_ARGS)
+    prefix = _prefix_arg(request)
+    server = _server(request)
+    store = server.store
+    heartbeat = _heartbeat_seconds(request, wait)
+    with server.poll_slot():
+        response = await _open_stream(request)
+        with contextlib.suppress(ConnectionResetError):  # the reader went away
+            first = True
+            while not server.stopping:
+                def any_change(seen: int = index) -> bool:
+                    return store.revision > seen
+
+                if first or await server.wait_change(any_change, heartbeat):
+                    changed = store.changed_since(prefix, index)
+                    index = store.revision
+                    if changed or first:
+                        await response.write(json.dumps(
+                            {"revision": index, "snapshots": [s.to_dict() for s in changed]},
+                            separators=(",", ":")).encode() + b"\n")
+                    first = False
+                elif not server.stopping:
+                    await response.write(b"\n")
+            await response.write_eof()
+    return response
 
 
 async def history(request: web.Request) -> web.Response:
@@ -211,4 +292,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/services/{service}/nodes/{node}", register)
     app.router.add_delete("/v1/services/{service}/nodes/{node}", deregister)
     app.router.add_put("/v1/services/{service}/nodes/{node}/heartbeat", heartbeat)
+    app.router.add_get("/v1/services/{service}/stream", stream_service)
     app.router.add_get("/v1/watch", watch_prefix)
+    app.router.add_get("/v1/watch/stream", stream_prefix)
