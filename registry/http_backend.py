@@ -35,8 +35,8 @@ class _NoStreams(Exception):
     """The registry answered 404 for a watch stream: it predates them; long-poll."""
 
 
-# A watch stream's lines are whole snapshots; aiohttp refuses a line over twice this.
-_STREAM_READ_BUFFER_BYTES = 4 * 1024 * 1024
+# A watch stream's lines are whole snapshots (a long poll's answer has no bound at all).
+_MAX_STREAM_LINE_BYTES = 64 * 1024 * 1024
 
 
 def _json_or_none(text: str) -> Any:
@@ -67,7 +67,6 @@ class HttpRegistryClient(BaseClient):
         self._wait = wait_seconds
         self._timeout = request_timeout_seconds
         self._session: aiohttp.ClientSession | None = None
-        self._streams = True  # watch through streams until the registry says it has none
         # A stream stays open; the registry sends a keep-alive line every wait_seconds.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=request_timeout_seconds,
@@ -176,60 +175,67 @@ class HttpRegistryClient(BaseClient):
 
     async def _follow(self, *, service: str | None, prefix: str | None,
                       emit: Callable[[Snapshot], None]) -> None:
+        """Watch through a stream; long-poll a registry without stream routes (asked again
+        at every reconnect, so a registry upgraded meanwhile is streamed from)."""
         index = 0
         while True:
             try:
-                if self._streams:
-                    index = await self._follow_stream(service, prefix, emit, index)
-                    raise RegistryUnavailable(f"{self._base}: watch stream ended")
-                await self._follow_polls(service, prefix, emit, index)
+                await self._follow_stream(service, prefix, emit, index)
             except _TooManyPolls as busy:
                 # The registry is up but has no room for another watcher: read the current
-                # state now (a read need not wait), then ask again from there later (the
-                # connection is fine; no reconnect).
+                # state (a read need not wait), then ask again later (no reconnect).
                 index = await self._poll(service, prefix, emit, index, "0s")
                 await asyncio.sleep(busy.retry_after_seconds)
-            except _NoStreams:
-                log.info("registry has no watch streams; long-polling instead",
-                         extra={"registry": self._base})
-                self._streams = False
+                continue
+            except _NoStreams as absent:
+                log.info("registry has no watch streams; long-polling",
+                         extra={"registry": self._base, "answer": str(absent)})
+                await self._follow_polls(service, prefix, emit, index)
+            raise RegistryUnavailable(f"{self._base}: watch stream ended")
 
     async def _follow_stream(self, service: str | None, prefix: str | None,
-                             emit: Callable[[Snapshot], None], index: int) -> int:
-        """Follow one watch stream (a line per change) from ``index``; returns the last
-        revision seen when the registry ends the stream."""
+                             emit: Callable[[Snapshot], None], index: int) -> None:
+        """Follow one watch stream (a JSON line per change) until the registry ends it."""
         if service is not None:
             path, params = self._svc(service) + "/stream", {}
         else:
             path, params = "/v1/watch/stream", {"prefix": prefix or ""}
         params.update(index=str(index), wait=f"{self._wait:g}s")
         try:
-            async with self._get_session().get(
-                    self._base + path, params=params, timeout=self._stream_timeout,
-                    read_bufsize=_STREAM_READ_BUFFER_BYTES) as response:
-                if response.status != 200:
-                    text = await response.text()
-                    if response.status == 404 and not text.startswith("{"):
-                        raise _NoStreams()  # a registry from before streams: no such route
-                    self._raise_for(response.status, _json_or_none(text), text,
-                                    response.headers.get("Retry-After", "1"))
-                while line := await response.content.readline():
-                    if line == b"\n":
-                        continue  # keep-alive
-                    data = json.loads(line)
-                    if service is not None:
-                        snapshot = Snapshot.from_dict(data)
-                        emit(snapshot)
-                        index = max(index, snapshot.revision)
-                    else:
-                        for item in data["snapshots"]:
-                            emit(Snapshot.from_dict(item))
-                        index = max(index, int(data["revision"]))
+            async with self._get_session().get(self._base + path, params=params,
+                                               timeout=self._stream_timeout) as response:
+                if response.status == 200:
+                    await self._read_stream(response, service, emit)
+                    return
+                text = await response.text()
+                status, retry_after = response.status, response.headers.get("Retry-After", "1")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
-        except ValueError as exc:  # a line over the read buffer, or not JSON
-            raise RegistryUnavailable(f"{self._base}: bad watch stream line: {exc}") from exc
-        return index
+        if status == 404:  # the stream routes never answer 404 themselves: none here
+            raise _NoStreams(f"HTTP 404: {text[:200]}")
+        self._raise_for(status, _json_or_none(text), text, retry_after)
+
+    async def _read_stream(self, response: aiohttp.ClientResponse, service: str | None,
+                           emit: Callable[[Snapshot], None]) -> None:
+        """Emit every line of a watch stream (empty lines are keep-alives)."""
+        pending = bytearray()
+        async for chunk in response.content.iter_any():
+            start = len(pending)
+            pending += chunk
+            end = pending.find(b"\n", start)
+            while end >= 0:
+                line = bytes(pending[:end])
+                del pending[:end + 1]
+                if line:
+                    try:
+                        self._emit_answer(json.loads(line), service, emit, 0, always=True)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise RegistryUnavailable(
+                            f"{self._base}: bad watch stream line: {exc}") from exc
+                end = pending.find(b"\n")
+            if len(pending) > _MAX_STREAM_LINE_BYTES:
+                raise RegistryUnavailable(f"{self._base}: a watch stream line over "
+                                          f"{_MAX_STREAM_LINE_BYTES} bytes")
 
     async def _follow_polls(self, service: str | None, prefix: str | None,
                             emit: Callable[[Snapshot], None], index: int) -> None:
@@ -238,7 +244,7 @@ class HttpRegistryClient(BaseClient):
         while True:
             try:
                 index = await self._poll(service, prefix, emit, index, wait)
-            except _TooManyPolls as busy:  # as in _follow
+            except _TooManyPolls as busy:  # ask again from the same index later
                 await asyncio.sleep(busy.retry_after_seconds)
                 continue
             wait = f"{self._wait:g}s"
@@ -247,19 +253,25 @@ class HttpRegistryClient(BaseClient):
                     emit: Callable[[Snapshot], None], index: int, wait: str) -> int:
         """One long poll from ``index`` (``wait="0s"``: a plain read, whose answer is emitted
         whatever its revision); returns the revision reached."""
-        timeout = self._wait + self._timeout
         if service is not None:
-            data = await self._request("GET", self._svc(service),
-                                       params={"index": str(index), "wait": wait},
-                                       timeout_seconds=timeout)
+            path, params = self._svc(service), {}
+        else:
+            path, params = "/v1/watch", {"prefix": prefix or ""}
+        params.update(index=str(index), wait=wait)
+        data = await self._request("GET", path, params=params,
+                                   timeout_seconds=self._wait + self._timeout)
+        return self._emit_answer(data, service, emit, index, always=wait == "0s")
+
+    @staticmethod
+    def _emit_answer(data: Any, service: str | None, emit: Callable[[Snapshot], None],
+                     index: int, *, always: bool) -> int:
+        """Emit a snapshot answer (or a prefix answer's snapshots); the revision reached.
+        A service snapshot not past ``index`` is emitted only with ``always``."""
+        if service is not None:
             snapshot = Snapshot.from_dict(data)
-            if snapshot.revision > index or wait == "0s":
+            if always or snapshot.revision > index:
                 emit(snapshot)
             return max(index, snapshot.revision)
-        data = await self._request("GET", "/v1/watch",
-                                   params={"prefix": prefix or "", "index": str(index),
-                                           "wait": wait},
-                                   timeout_seconds=timeout)
         for item in data["snapshots"]:
             emit(Snapshot.from_dict(item))
         return max(index, int(data["revision"]))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from registry.client import open_registry
+from registry.model import Node
 from registry.server.app import RegistryServer, RegistryServerConfig
 from tests.peers.process import free_port
 
@@ -309,6 +310,11 @@ async def _next_line(lines: AsyncIterator[dict[str, object] | None],
             return line
 
 
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.01)
+
+
 async def _command(session: aiohttp.ClientSession, base: str, service: str,
                    switches: dict[str, bool]) -> int:
     async with session.post(f"{base}/v1/services/{service}/commands", headers=AUTH,
@@ -347,25 +353,73 @@ async def test_a_service_stream_sends_the_snapshot_then_every_change(
         assert change is not None and change["revision"] == later
 
 
-async def test_a_stream_reader_that_falls_behind_gets_the_latest_in_order(
-        http: tuple[aiohttp.ClientSession, str]) -> None:
+async def test_a_stream_reader_that_falls_behind_gets_the_latest_not_a_backlog(
+        server: RegistryServer, http: tuple[aiohttp.ClientSession, str]) -> None:
     session, base = http
     async with session.get(f"{base}/v1/services/svc/stream") as response:
         lines = _lines(response)
         first = await _next_line(lines)
         assert first is not None
-        # 300 changes while the reader reads nothing.
-        final = 0
+        # 300 changes while the stream's handler cannot run (no await in between).
         for i in range(300):
-            final = await _command(session, base, "svc", {f"s{i % 7}": i % 2 == 0})
-        revisions = []
+            server.store.command("svc", "switches", {"switches": {f"s{i % 7}": i % 2 == 0}},
+                                 who="a", why="")
+        final = server.store.service_revision("svc")
+        revisions: list[int] = []
         while not revisions or revisions[-1] != final:
             line = await _next_line(lines)
             assert line is not None
             revisions.append(int(line["revision"]))  # type: ignore[call-overload]
-    # Strictly increasing, never more lines than changes, and the last one is the final state.
-    assert revisions == sorted(set(revisions)) and revisions[0] > int(first["revision"])
-    assert len(revisions) <= 300
+    # The state after the last change, in one line (not 300).
+    assert revisions == [final]
+
+
+async def test_a_large_snapshot_streams_as_one_line(server: RegistryServer) -> None:
+    for i in range(600):  # about 200 KB of snapshot, over aiohttp's default line limit
+        server.store.register("big", Node(id=f"n{i:04d}", address=f"10.0.{i // 250}.{i % 250}:80",
+                                          labels={"zone": "z" * 100, "rack": f"r{i}"}), 60)
+    client = open_registry(f"http://127.0.0.1:{server.port}")
+    try:
+        async with client.watch("big") as watch:
+            snapshot = await asyncio.wait_for(anext(watch), 10)
+            assert len(snapshot.nodes) == 600 and watch.connected
+    finally:
+        await client.stop()
+
+
+async def test_a_stream_whose_reader_goes_away_frees_its_place(
+        server: RegistryServer, http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    metric = server.metrics.get_sample_value
+    for path in ("/v1/services/svc/stream", "/v1/watch/stream"):
+        response = await session.get(f"{base}{path}", params={"wait": "60s"})
+        assert await _next_line(_lines(response)) is not None
+        assert metric("tidemark_registry_long_polls") == 1.0
+        response.close()  # the reader drops the connection; the keep-alive is a minute away
+        await asyncio.wait_for(_until(lambda: metric("tidemark_registry_long_polls") == 0.0),
+                               10)
+    assert server.watched_services == 0
+
+
+async def test_a_prefix_stream_keeps_alive_while_other_services_change(
+        server: RegistryServer, http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+
+    async def churn() -> None:  # changes outside the prefix, more often than the keep-alive
+        for i in range(1000):
+            server.store.command("db", "switches", {"switches": {"x": i % 2 == 0}}, who="a",
+                                 why="")
+            await asyncio.sleep(0.05)
+
+    async with session.get(f"{base}/v1/watch/stream",
+                           params={"prefix": "web-", "wait": "1s"}) as response:
+        lines = _lines(response)
+        assert await _next_line(lines) is not None
+        churning = asyncio.ensure_future(churn())
+        try:
+            assert await _next_line(lines, keepalive=True) is None
+        finally:
+            churning.cancel()
 
 
 async def test_a_prefix_stream_sends_the_services_under_it(
@@ -399,6 +453,9 @@ async def test_stream_bad_input_is_a_400(http: tuple[aiohttp.ClientSession, str]
         async with session.get(f"{base}{path}", params=params) as response:
             assert response.status == 400, path
             assert field in (await response.json())["error"], path
+    for path in ("/v1/services/svc/stream", "/v1/watch/stream"):
+        async with session.head(f"{base}{path}") as response:
+            assert response.status == 405, path
 
 
 async def test_streams_count_as_long_polls_and_end_when_the_server_stops(

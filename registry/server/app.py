@@ -74,10 +74,11 @@ class RegistryServer:
                                ["op"], registry=self.metrics)
         self._expired = Counter("tidemark_registry_nodes_expired",
                                 "Nodes removed because their TTL passed", registry=self.metrics)
-        self._waiters = Gauge("tidemark_registry_long_polls", "Long-poll requests waiting",
+        self._waiters = Gauge("tidemark_registry_long_polls",
+                              "Long polls waiting and watch streams open",
                               registry=self.metrics)
         self._refused = Counter("tidemark_registry_long_polls_refused",
-                                "Long polls refused (429) because max_long_polls were waiting",
+                                "Long polls and streams refused (429): max_long_polls were open",
                                 registry=self.metrics)
         revision = Gauge("tidemark_registry_revision", "Current global revision",
                          registry=self.metrics)
@@ -184,7 +185,11 @@ class RegistryServer:
         self._stopping = False
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop())
         self._expiry_task.add_done_callback(self._expiry_done)
+        # handler_cancellation: a watch stream whose reader went away ends at once (and
+        # frees its max_long_polls place); writes are synchronous, so no handler is cut
+        # off halfway through a change.
         self._runner = web.AppRunner(self.build_app(), access_log=None,
+                                     handler_cancellation=True,
                                      shutdown_timeout=self.config.shutdown_timeout_seconds)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.http_port,

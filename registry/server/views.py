@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -139,11 +140,64 @@ async def watch_prefix(request: web.Request) -> web.Response:
                                             for s in store.changed_since(prefix, index)]})
 
 
-async def _open_stream(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
-                                           "Cache-Control": "no-store"})
-    await response.prepare(request)
-    return response
+_MIN_KEEPALIVE_SECONDS = 1.0
+
+
+class _Stream:
+    """One watch stream's response: a JSON line per change, an empty line when ``heartbeat``
+    seconds passed without one, and no write waiting on a stuck reader longer than that."""
+
+    def __init__(self, request: web.Request, heartbeat_seconds: float) -> None:
+        self.request = request
+        self.response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                                    "Cache-Control": "no-store"})
+        self.heartbeat = max(heartbeat_seconds, _MIN_KEEPALIVE_SECONDS)
+        self._loop = asyncio.get_running_loop()
+        self._last_write = self._loop.time()
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, line: bytes) -> None:
+        """Write one line; a reader that takes it in for longer than ``heartbeat`` is cut."""
+        try:
+            async with asyncio.timeout(self.heartbeat):
+                await self.response.write(line)
+        except TimeoutError:
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise ConnectionResetError("watch stream reader stuck") from None
+        self._last_write = self._loop.time()
+
+    def until_keepalive(self) -> float:
+        """Seconds left before an empty line is due."""
+        return self._last_write + self.heartbeat - self._loop.time()
+
+
+async def _follow_changes(server: RegistryServer, stream: _Stream,
+                          next_line: Callable[[], bytes | None], changed: Callable[[], bool],
+                          service: str | None) -> None:
+    """Send ``next_line()`` (``None``: nothing new) after each change until the server stops
+    or the reader goes; an empty line when nothing was sent for ``heartbeat`` seconds.
+
+    One write at a time, and the line is built after the previous one went out: a reader
+    that falls behind is sent the latest state, not every change in between.
+    """
+    with contextlib.suppress(ConnectionError):  # the reader went away (or was cut)
+        while not server.stopping:
+            line = next_line()
+            if line is not None:
+                await stream.send(line)
+                continue
+            remaining = stream.until_keepalive()
+            if remaining <= 0:
+                await stream.send(b"\n")
+            else:
+                await server.wait_change(changed, remaining, service)
+        line = next_line()  # a change that came in while the last line went out
+        if line is not None:
+            await stream.send(line)
+        await stream.response.write_eof()
 
 
 def _heartbeat_seconds(request: web.Request, wait: float) -> float:
@@ -153,62 +207,61 @@ def _heartbeat_seconds(request: web.Request, wait: float) -> float:
 async def stream_service(request: web.Request) -> web.StreamResponse:
     """``GET /v1/services/{service}/stream[?index=N&wait=30s]``: one JSON snapshot per line,
     the current one first (unless the service is not past N), then the latest after every
-    change; an empty line every ``wait`` when nothing changed (keep-alive)."""
+    change; an empty line every ``wait`` (at least 1 s) when nothing was sent."""
     service = _path_name(request, "service", "service")
     index, wait = _long_poll_args(request)
     server = _server(request)
     store = server.store
-    heartbeat = _heartbeat_seconds(request, wait)
-    with server.poll_slot(service):
-        response = await _open_stream(request)
-        with contextlib.suppress(ConnectionResetError):  # the reader went away
-            if index == 0 or store.service_revision(service) > index:
-                body, index = store.snapshot_json(service)
-                await response.write(body)
-            while not server.stopping:
-                # One write at a time, and the snapshot is read after the wait: a reader that
-                # falls behind is sent the latest state, never a backlog of every change.
-                def changed(seen: int = index) -> bool:
-                    return store.service_revision(service) > seen
+    sent = index if index else -1  # without an index the current snapshot goes first
 
-                if await server.wait_change(changed, heartbeat, service):
-                    body, index = store.snapshot_json(service)
-                    await response.write(body)
-                elif not server.stopping:
-                    await response.write(b"\n")  # keep-alive; also finds a reader gone
-            await response.write_eof()
-    return response
+    def changed() -> bool:
+        return store.service_revision(service) > sent
+
+    def next_line() -> bytes | None:
+        nonlocal sent
+        if not changed():
+            return None
+        body, sent = store.snapshot_json(service)
+        return body
+
+    with server.poll_slot(service):
+        stream = _Stream(request, _heartbeat_seconds(request, wait))
+        await stream.open()
+        await _follow_changes(server, stream, next_line, changed, service)
+    return stream.response
 
 
 async def stream_prefix(request: web.Request) -> web.StreamResponse:
     """``GET /v1/watch/stream?prefix=P[&index=N&wait=30s]``: one line
     ``{"revision": R, "snapshots": [...]}`` first (services under P changed after N), then
-    one after every change under P; an empty line every ``wait`` when nothing changed."""
+    one after every change under P; an empty line every ``wait`` (at least 1 s) when nothing
+    was sent."""
     index, wait = _long_poll_args(request, _PREFIX_ARGS)
     prefix = _prefix_arg(request)
     server = _server(request)
     store = server.store
-    heartbeat = _heartbeat_seconds(request, wait)
-    with server.poll_slot():
-        response = await _open_stream(request)
-        with contextlib.suppress(ConnectionResetError):  # the reader went away
-            first = True
-            while not server.stopping:
-                def any_change(seen: int = index) -> bool:
-                    return store.revision > seen
+    first = True
 
-                if first or await server.wait_change(any_change, heartbeat):
-                    changed = store.changed_since(prefix, index)
-                    index = store.revision
-                    if changed or first:
-                        await response.write(json.dumps(
-                            {"revision": index, "snapshots": [s.to_dict() for s in changed]},
-                            separators=(",", ":")).encode() + b"\n")
-                    first = False
-                elif not server.stopping:
-                    await response.write(b"\n")
-            await response.write_eof()
-    return response
+    def changed() -> bool:
+        return store.revision > index
+
+    def next_line() -> bytes | None:
+        nonlocal index, first
+        if not (first or changed()):
+            return None
+        snapshots = store.changed_since(prefix, index)
+        index = store.revision  # changes elsewhere are seen, and not sent
+        if not (snapshots or first):
+            return None
+        first = False
+        return json.dumps({"revision": index, "snapshots": [s.to_dict() for s in snapshots]},
+                          separators=(",", ":")).encode() + b"\n"
+
+    with server.poll_slot():
+        stream = _Stream(request, _heartbeat_seconds(request, wait))
+        await stream.open()
+        await _follow_changes(server, stream, next_line, changed, None)
+    return stream.response
 
 
 async def history(request: web.Request) -> web.Response:
@@ -292,6 +345,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/services/{service}/nodes/{node}", register)
     app.router.add_delete("/v1/services/{service}/nodes/{node}", deregister)
     app.router.add_put("/v1/services/{service}/nodes/{node}/heartbeat", heartbeat)
-    app.router.add_get("/v1/services/{service}/stream", stream_service)
+    app.router.add_get("/v1/services/{service}/stream", stream_service, allow_head=False)
     app.router.add_get("/v1/watch", watch_prefix)
-    app.router.add_get("/v1/watch/stream", stream_prefix)
+    app.router.add_get("/v1/watch/stream", stream_prefix, allow_head=False)
