@@ -141,6 +141,9 @@ async def watch_prefix(request: web.Request) -> web.Response:
 
 
 _MIN_KEEPALIVE_SECONDS = 1.0
+# A line this short, written with nothing queued before it, goes out without waiting on the
+# reader (the transport only pauses writers past its 64 KiB high-water mark).
+_SHORT_LINE_BYTES = 16 * 1024
 
 
 class _Stream:
@@ -160,13 +163,18 @@ class _Stream:
 
     async def send(self, line: bytes) -> None:
         """Write one line; a reader that takes it in for longer than ``heartbeat`` is cut."""
-        try:
-            async with asyncio.timeout(self.heartbeat):
-                await self.response.write(line)
-        except TimeoutError:
-            if self.request.transport is not None:
-                self.request.transport.abort()
-            raise ConnectionResetError("watch stream reader stuck") from None
+        transport = self.request.transport
+        if transport is None:
+            raise ConnectionResetError("watch stream reader gone")
+        if transport.get_write_buffer_size() == 0 and len(line) < _SHORT_LINE_BYTES:
+            await self.response.write(line)  # cannot wait on the reader: no timer needed
+        else:
+            try:
+                async with asyncio.timeout(self.heartbeat):
+                    await self.response.write(line)
+            except TimeoutError:
+                transport.abort()
+                raise ConnectionResetError("watch stream reader stuck") from None
         self._last_write = self._loop.time()
 
     def until_keepalive(self) -> float:
