@@ -17,8 +17,9 @@ not installed). The aiohttp generator also measures:
 - latency at a fixed rate (default 1,000 rps, open loop: latency counted from each
   request's scheduled send time, so a stall is not hidden) for ``--seconds``: p50, p99.
 
-Direct and pair runs alternate for ``--rounds`` rounds; the report gives every round and
-the medians, and each process's CPU microseconds per call in the max-rps runs. With
+Direct and pair runs alternate for ``--rounds`` rounds (each measurement on every arm back
+to back, the arms taking turns going first); the report gives every round and the medians,
+and each process's CPU microseconds per call in the max-rps runs. With
 ``--floor`` a third arm runs the same load through a pair of minimal Python proxies
 (``benchmarks/minimal_proxy.py``: uvloop + httptools, a task per request, nothing else),
 the floor for any Python sidecar on this machine. Usage:
@@ -287,18 +288,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                     "client_agent": client_agent.pid}
             pids.update({f"floor_{i}": p.pid for i, p in enumerate(floor_procs)})
             rounds = []
-            for _ in range(args.rounds):
+            for number in range(args.rounds):
+                # Each measurement runs on every arm back to back, and the arms take turns
+                # going first (ABBA), so a machine whose speed drifts, as shared VMs do,
+                # loads the arms of a round alike.
+                order = arms if number % 2 == 0 else arms[::-1]
                 row: dict[str, object] = {}
-                for name, url in arms:
-                    if "wrk" in loads:
+                if "wrk" in loads:
+                    for name, url in order:
                         row[f"{name}_max_wrk"] = await asyncio.to_thread(
                             wrk_max_rps, url, args.seconds, args.concurrency,
                             args.wrk_threads, script, pids)
                         await asyncio.sleep(1.0)
-                    if "aiohttp" in loads:
+                if "aiohttp" in loads:
+                    for name, url in order:
                         row[f"{name}_max"] = await max_rps(session, url, args.seconds,
                                                            args.concurrency, pids)
                         await asyncio.sleep(1.0)
+                for name, url in order:
                     row[f"{name}_at_rate"] = await fixed_rate(session, url, args.seconds,
                                                               args.rate)
                     await asyncio.sleep(1.0)
@@ -326,6 +333,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                                     - med("direct_at_rate", "p50_ms"), 3)
     summary["added_p99_ms"] = round(med("pair_at_rate", "p99_ms")
                                     - med("direct_at_rate", "p99_ms"), 3)
+    # each round's own pair p99 minus its direct p99, then their median
+    summary["added_p99_per_round_median_ms"] = round(statistics.median(
+        float(r["pair_at_rate"]["p99_ms"]) - float(r["direct_at_rate"]["p99_ms"])  # type: ignore[index]
+        for r in rounds), 3)
     for load in loads:
         suffix = "_wrk" if load == "wrk" else ""
         direct_rps, pair_rps = med(f"direct_max{suffix}", "rps"), med(f"pair_max{suffix}", "rps")
