@@ -17,7 +17,7 @@ from agent.native import data_path
 from agent.service import AgentService
 from registry.model import Node
 from tests.conftest import free_port
-from tests.test_agent_support import Mesh, make_mesh
+from tests.test_agent_support import Behaviour, Mesh, make_mesh
 
 
 @pytest.fixture
@@ -182,6 +182,18 @@ async def test_failover_on_connection_errors_and_breaker_opens_on_5xx(mesh: Mesh
     await dead.stop()
 
 
+async def _hedging_client(mesh: Mesh, flaky_handler: Behaviour) -> AgentService:
+    """A round-robin client agent for "user" served by a node answering with
+    ``flaky_handler`` and a steady one, hedging once it has 10 samples."""
+    flaky = await mesh.upstream("flaky", flaky_handler)
+    steady = await mesh.upstream("steady")
+    await mesh.server_agent("user", flaky)
+    await mesh.server_agent("user", steady)
+    client = await mesh.client_agent("web", load_balancer="round_robin", backup_min_samples=10)
+    await mesh.wait_nodes(client, "user", 2)
+    return client
+
+
 async def test_backup_requests_rescue_slow_calls_within_the_budget(mesh: Mesh) -> None:
     slow_calls = 0
 
@@ -192,12 +204,7 @@ async def test_backup_requests_rescue_slow_calls_within_the_budget(mesh: Mesh) -
             await asyncio.sleep(2.0)
         return web.json_response({"node": "flaky"})
 
-    flaky = await mesh.upstream("flaky", sometimes_slow)
-    steady = await mesh.upstream("steady")
-    await mesh.server_agent("user", flaky)
-    await mesh.server_agent("user", steady)
-    client = await mesh.client_agent("web", load_balancer="round_robin", backup_min_samples=10)
-    await mesh.wait_nodes(client, "user", 2)
+    client = await _hedging_client(mesh, sometimes_slow)
     results = await asyncio.gather(*(mesh.get(client, "/user/") for _ in range(1)))
     for _ in range(100):
         results.append(await mesh.get(client, "/user/"))
@@ -458,12 +465,7 @@ async def test_backups_stay_within_the_budget_under_a_burst(mesh: Mesh) -> None:
             await asyncio.sleep(0.5)
         return web.json_response({"node": "flaky"})
 
-    flaky = await mesh.upstream("flaky", turns_slow)
-    steady = await mesh.upstream("steady")
-    await mesh.server_agent("user", flaky)
-    await mesh.server_agent("user", steady)
-    client = await mesh.client_agent("web", load_balancer="round_robin", backup_min_samples=10)
-    await mesh.wait_nodes(client, "user", 2)
+    client = await _hedging_client(mesh, turns_slow)
     for _ in range(20):  # a fast p90 to hedge after
         assert (await mesh.get(client, "/user/"))[0] == 200
     slow.set()
