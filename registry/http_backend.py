@@ -39,11 +39,12 @@ class _NoStreams(Exception):
 _MAX_STREAM_LINE_BYTES = 64 * 1024 * 1024
 
 
-def _json_or_none(text: str) -> Any:
+def _answer_data(text: str) -> Any:
+    """An answer's JSON body (``{}`` when empty; ``{"error": ...}`` when not JSON)."""
     try:
-        return json.loads(text)
+        return json.loads(text) if text else {}
     except ValueError:
-        return None
+        return {"error": text[:200]}
 
 
 class HttpRegistryClient(BaseClient):
@@ -106,10 +107,7 @@ class HttpRegistryClient(BaseClient):
                 retry_after = response.headers.get("Retry-After", "1")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
-        try:
-            data = json.loads(text) if text else {}
-        except ValueError:
-            data = {"error": text[:200]}
+        data = _answer_data(text)
         if status < 300:
             return data
         self._raise_for(status, data, text, retry_after)
@@ -213,7 +211,7 @@ class HttpRegistryClient(BaseClient):
             raise RegistryUnavailable(f"{self._base}: {type(exc).__name__}: {exc}") from exc
         if status == 404:  # the stream routes never answer 404 themselves: none here
             raise _NoStreams(f"HTTP 404: {text[:200]}")
-        self._raise_for(status, _json_or_none(text), text, retry_after)
+        self._raise_for(status, _answer_data(text), text, retry_after)
 
     async def _read_stream(self, response: aiohttp.ClientResponse, service: str | None,
                            emit: Callable[[Snapshot], None]) -> None:

@@ -74,16 +74,16 @@ async def _body(request: web.Request, allowed: set[str]) -> Mapping[str, Any]:
     return data
 
 
-def _no_query(request: web.Request) -> None:
-    if request.query:
-        raise _bad(f"query: unknown parameter {sorted(request.query)[0]!r}")
+def _no_query(request: web.Request, allowed: frozenset[str] = frozenset()) -> None:
+    """400 naming the first query parameter not in ``allowed``."""
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise _bad(f"query: unknown parameter {unknown[0]!r}")
 
 
 def _long_poll_args(request: web.Request, allowed: frozenset[str] = frozenset({"index", "wait"})
                     ) -> tuple[int, float]:
-    unknown = sorted(set(request.query) - allowed)
-    if unknown:
-        raise _bad(f"query: unknown parameter {unknown[0]!r}")
+    _no_query(request, allowed)
     try:
         index = int(request.query.get("index", "0"))
         if index < 0:
