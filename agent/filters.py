@@ -360,9 +360,8 @@ class FailoverFilter:
         if last is None:
             return error_reply(503, f"no available node for service {call.service}")
         status = 504 if last.error_class == "timeout" else 502
-        if sent:
-            return error_reply(status, f"service {call.service}: {last}")
-        return error_reply(status, f"service {call.service}: {last}", **_NOT_SENT)
+        return error_reply(status, f"service {call.service}: {last}",
+                           **({} if sent else _NOT_SENT))
 
     async def _attempt(self, call: Call, node: Endpoint, next_: Next, *,
                        copy: bool = True) -> tuple[Reply, Call]:
