@@ -82,13 +82,15 @@ class _RawTxnWriter:
     stub: the transaction a command is, with none of our layer around it."""
 
     def __init__(self, client: Any) -> None:
+        from aetcd import rpc
+
+        self.rpc = rpc  # imported here, not in the timed write
         self.client = client
         self.mod_revision = 0
         self.command_id = 0
 
     async def write(self, seq: int) -> None:
-        from aetcd import rpc
-
+        rpc = self.rpc
         while True:
             self.command_id += 1
             config, entry = _raw_txn_values(seq, self.command_id)
