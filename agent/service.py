@@ -44,7 +44,7 @@ from agent.reporter import Reporter, ReporterConfig
 from registry.client import BaseClient, Registration, open_registry
 from registry.model import NAME_PATTERN, Node
 from tidemark.daemon import cancel_and_wait
-from tidemark.httpkit import health
+from tidemark.httpkit import daemon_metrics, health
 
 __all__ = ["AgentService", "RESERVED_PATHS"]
 
@@ -64,7 +64,7 @@ class AgentService:
     def __init__(self, config: AgentConfig, *, metrics: CollectorRegistry | None = None,
                  registry_client: BaseClient | None = None) -> None:
         self.config = config
-        self.metrics = metrics or CollectorRegistry()
+        self.metrics = metrics or daemon_metrics()
         self._client = registry_client
         self._own_client = registry_client is None
         self.port: int | None = None

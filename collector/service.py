@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 
 from collector.config import CollectorConfig
 from collector.ingest.intake import Intake
 from collector.ingest.listeners import IngestServer
 from collector.selfmetrics import CollectorMetrics
 from collector.storage.store import MetricStore
-from tidemark.httpkit import add_health_and_metrics
+from tidemark.httpkit import add_health_and_metrics, daemon_metrics
 
 __all__ = ["CollectorService"]
 
@@ -32,7 +32,7 @@ class CollectorService:
     def __init__(self, config: CollectorConfig, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else daemon_metrics()
         self.metrics = CollectorMetrics(self.registry)
         self.store = MetricStore(config, self.metrics, clock=clock,
                                  drain_timeout_seconds=config.drain_timeout_seconds)
@@ -69,7 +69,6 @@ class CollectorService:
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
             await self.store.start()
             if self.config.http_port:
-                ProcessCollector(registry=self.registry)
                 self._runner = web.AppRunner(self.build_app(), access_log=None,
                                              handle_signals=False)
                 await self._runner.setup()

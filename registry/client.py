@@ -165,8 +165,9 @@ class Watch:
             s for s in cache.stored_services() if s.startswith(self._prefix or "")]
         for name in names:
             if name in self._pending or name in self._delivered:
-                cache.mark_lost(name, serving_cache=self._delivered[name].from_cache
-                                if name in self._delivered else False)
+                # The last snapshot stays in use, no longer vouched for by the registry:
+                # it is the copy on disk (saved when it arrived), served from memory.
+                cache.mark_lost(name, serving_cache=True)
                 continue
             cached = cache.load(name)
             if cached is not None:

@@ -32,7 +32,9 @@ class FailStaticCache:
 
     ``tidemark_registry_snapshot_age_seconds{service}`` is 0 while a live watch or answer
     backs the snapshot and grows from the moment the registry was last heard from;
-    ``tidemark_registry_serving_from_cache{service}`` is 1 while the cache is being served.
+    ``tidemark_registry_serving_from_cache{service}`` is 1 while the last snapshot is being
+    served without the registry vouching for it: read back from disk, or kept in memory by a
+    watch that lost the registry (the same snapshot, saved when it arrived).
     """
 
     def __init__(self, directory: Path | str, metrics: CollectorRegistry | None = None,

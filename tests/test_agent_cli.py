@@ -53,6 +53,12 @@ async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> No
                     break
                 await asyncio.sleep(0.05)
             assert runtime["role"] == "server" and runtime["registered"]["node"]["idc"] == "bj"
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics = await resp.text()
+            assert "tidemark_agent_buffered_points" in metrics
+            resident = next(float(line.split()[-1]) for line in metrics.splitlines()
+                            if line.startswith("process_resident_memory_bytes "))
+            assert resident > 0 and 'python_gc_collections_total{generation="2"}' in metrics
             snapshot = registry.store.snapshot("user")
             assert [n.address for n in snapshot.nodes] == [f"127.0.0.1:{port}"]
         proc.send_signal(signal.SIGTERM)

@@ -18,6 +18,7 @@ from agent.service import AgentService
 from registry.model import Node
 from tests.conftest import free_port
 from tests.test_agent_support import Behaviour, Mesh, make_mesh
+from tests.test_registry_helpers import wait_until
 
 
 @pytest.fixture
@@ -290,6 +291,12 @@ async def test_registry_gone_keeps_serving_and_restart_uses_the_disk_snapshot(
     await mesh.registry.stop()
     for _ in range(5):
         assert (await mesh.get(client, "/user/"))[0] == 200
+
+    async def says_serving_from_cache() -> bool:
+        metrics = (await mesh.get(client, "/metrics"))[2].decode()
+        return 'tidemark_registry_serving_from_cache{service="user"} 1.0' in metrics
+
+    await wait_until(says_serving_from_cache)  # the running agent, not only a restarted one
     config = client.config
     await client.stop()
     mesh.agents.remove(client)

@@ -175,6 +175,9 @@ def test_bad_input_is_counted_and_the_connection_goes_on(collector: Collector) -
                         "bad_value": 1, "bad_path": 4, "future_timestamp": 1, "too_old": 1,
                         "line_too_long": 1, "invalid_utf8": 1, "forbidden_pickle": 1,
                         "frame_too_large": 1, "bad_pickle": 1}
+    # the process's own figures sit beside the collector's
+    assert collector.metric("process_resident_memory_bytes") > 0
+    assert collector.metric("python_gc_collections_total", {"generation": "0"}) > 0
     assert stop_gracefully(collector) == 0
     assert not marker.exists()
     data = collector.data_dir

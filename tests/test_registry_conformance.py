@@ -364,6 +364,9 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
             return age is not None and age > 0
 
         await wait_until(aged)
+        # ... and says it serves a snapshot the registry no longer vouches for.
+        assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
+                                        {"service": service}) == 1.0
         await watch.aclose()
         # A new process (a fresh client on the same cache) starts while the registry is down.
         metrics2 = CollectorRegistry()
@@ -385,6 +388,13 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
             await nocache.snapshot(service)
     finally:
         await backend.start_registry()
+    # Back live: a watch that hears from the registry again clears the flag and the age.
+    async with client.watch(service) as watch:
+        await next_matching(watch, lambda s: not s.from_cache, timeout_seconds=30)
+    assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
+                                    {"service": service}) == 0.0
+    assert metrics.get_sample_value("tidemark_registry_snapshot_age_seconds",
+                                    {"service": service}) == 0.0
 
 
 async def test_fail_static_serves_at_start_while_the_registry_does_not_answer(

@@ -534,6 +534,9 @@ async def test_healthz_and_metrics(http: tuple[aiohttp.ClientSession, str]) -> N
         text = await response.text()
     assert 'tidemark_registry_writes_total{op="register"} 1.0' in text
     assert "tidemark_registry_revision 1.0" in text
+    # the process's own figures, to watch memory and collections from outside
+    assert "process_resident_memory_bytes " in text
+    assert 'python_gc_collections_total{generation="2"}' in text
 
 
 async def test_config_and_history_survive_restart(tmp_path: Path) -> None:

@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["add_health_and_metrics", "health"]
+__all__ = ["add_health_and_metrics", "daemon_metrics", "health"]
+
+
+def daemon_metrics() -> CollectorRegistry:
+    """A registry for a daemon's own ``/metrics`` that already carries the process's CPU,
+    resident memory and open files (``process_*``) and its garbage collections
+    (``python_gc_*``), so bounded memory can be watched from outside."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 def health(ready: bool) -> tuple[int, dict[str, str]]:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from registry.server.store import RegistryStore
 from registry.server.views import SERVER_KEY, add_routes
 from tidemark.daemon import cancel_and_wait
-from tidemark.httpkit import add_health_and_metrics
+from tidemark.httpkit import add_health_and_metrics, daemon_metrics
 
 __all__ = ["RegistryServerConfig", "RegistryServer"]
 
@@ -56,7 +56,7 @@ class RegistryServer:
                  clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.token = token
-        self.metrics = metrics or CollectorRegistry()
+        self.metrics = metrics or daemon_metrics()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = RegistryStore(config.data_dir / "registry.sqlite3",
                                    **({"clock": clock} if clock else {}))
