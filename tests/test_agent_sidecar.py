@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from agent.service import AgentService
 from registry.model import Node
 from tests.conftest import free_port
 from tests.test_agent_support import Behaviour, Mesh, make_mesh
-
-
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    m = await make_mesh(tmp_path)
-    try:
-        yield m
-    finally:
-        await m.close()
 
 
 async def test_pair_routes_measures_and_reports(mesh: Mesh) -> None:
