@@ -71,6 +71,7 @@ class AgentService:
         self._client = registry_client
         self._own_client = registry_client is None
         self.port: int | None = None
+        self._port_text = ""  # the listening port, as a Host header carries it
         self._ready = False
         self._stopped = False
         self._server: HttpServer | None = None
@@ -150,6 +151,7 @@ class AgentService:
         host, port = config.listen_host_port
         await self._server.start(host, port)
         self.port = self._server.port
+        self._port_text = str(self.port)
         if config.is_server_side:
             self.directory.watch(config.service)
             # Registration retries in the background: a registry that is down must not
@@ -326,7 +328,7 @@ class AgentService:
             raise ValueError("request target must be an absolute path")
         if self.config.is_server_side:
             return self.config.service, raw
-        host_service = _service_in_host(request.apart.get("host") or "")
+        host_service = _service_in_host(request.apart.get("host") or "", self._port_text)
         if host_service:
             return host_service, raw
         path, sep, query = raw.partition("?")
@@ -479,12 +481,17 @@ class AgentService:
 
 
 @functools.lru_cache(maxsize=4096)
-def _service_in_host(host_header: str) -> str:
-    """The service a Host header names, or "" when it is an address or localhost."""
-    host = host_header.rsplit(":", 1)[0].strip("[]")
-    if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) and host != "localhost":
-        return host
-    return ""
+def _service_in_host(host_header: str, own_port: str) -> str:
+    """The service a Host header names, or "" when it names the agent itself: an address,
+    localhost, or any name with the agent's own port (a caller reaching the agent by the
+    host's name, ``http://node-7.internal:9981/orders/list``, routes by the path)."""
+    host, sep, port = host_header.rpartition(":")
+    if not sep or "]" in port:  # no port (an IPv6 address in brackets has colons)
+        host, port = host_header, ""
+    host = host.strip("[]")
+    if port == own_port or not host or host == "localhost" or _is_address(host):
+        return ""
+    return host if NAME_PATTERN.fullmatch(host) else ""
 
 
 @functools.lru_cache(maxsize=4096)

@@ -134,3 +134,18 @@ async def test_callers_beyond_max_callers_are_reported_as_other(mesh: Mesh) -> N
 
     assert [total(c) for c in ("c1", "c2", "_other", "c5")] == [2, 1, 2, 1]
     assert total("c3") == total("c4") == 0
+
+
+async def test_a_caller_reaching_the_agent_by_a_host_name_routes_by_the_path(
+        mesh: Mesh) -> None:
+    """Host: node-7.internal:PORT names the agent (its own port), not a service: such
+    callers must not each take a watch slot for a service that does not exist."""
+    await mesh.server_agent("orders", await mesh.upstream("a"))
+    client = await mesh.client_agent("web")
+    await mesh.wait_nodes(client, "orders", 1)
+    status, _, body = await mesh.get(client, "/orders/list",
+                                     headers={"Host": f"node-7.internal:{client.port}"})
+    assert status == 200 and json.loads(body)["path"] == "/list"
+    status, _, body = await mesh.get(client, "/list", headers={"Host": "orders"})
+    assert status == 200 and json.loads(body)["path"] == "/list"  # Host routing stays
+    assert set((await runtime(mesh, client))["services"]) == {"orders"}
