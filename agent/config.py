@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.balancer import BALANCERS
 
-__all__ = ["AgentConfig", "DEFAULT_FILTERS", "BUILTIN_FILTERS"]
+__all__ = ["AgentConfig", "DEFAULT_FILTERS", "BUILTIN_FILTERS", "join_host_port"]
 
 BUILTIN_FILTERS = ("access_log", "metrics", "switcher", "active_limit", "failover",
                    "circuit_breaker")
@@ -56,6 +56,8 @@ class AgentConfig:
     max_header_bytes: int = 32768  # request line + headers (+ trailers) in all
     max_inbound_connections: int = 10_000
     max_services: int = 256
+    service_idle_seconds: float = 600.0  # a service not called this long is unwatched
+    max_callers: int = 100  # distinct X-Tidemark-Caller names reported; the rest as _other
     max_connections: int = 1000
     idle_timeout_seconds: float = 60.0  # inbound connections idle (or stalled) this long close
     # registry
@@ -92,8 +94,10 @@ class AgentConfig:
             raise ValueError("backup_budget_ratio: must be within 0..1")
         if self.max_attempts < 1 or self.max_active < 1:
             raise ValueError("max_attempts and max_active must be >= 1")
+        if self.max_services < 1 or self.max_callers < 1:
+            raise ValueError("max_services and max_callers must be >= 1")
         if (self.request_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0
-                or self.idle_timeout_seconds <= 0):
+                or self.idle_timeout_seconds <= 0 or self.service_idle_seconds <= 0):
             raise ValueError("timeouts must be positive")
         if not 200 <= self.degraded_status <= 599:
             raise ValueError("degraded_status: must be an HTTP status 200-599")
@@ -120,7 +124,17 @@ class AgentConfig:
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT``; an IPv6 address is written in brackets,
+    ``[::1]:2003``, and its host is returned without them (the last colon separates the
+    port, so an unbracketed ``::1:2003`` also works)."""
     host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{what}: {text!r} must be HOST:PORT")
     return host, int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 address in brackets (the inverse of the split)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

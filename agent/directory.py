@@ -1,6 +1,7 @@
 """What the agent knows about services from the registry, kept current by watches.
 
-Each service the agent routes to gets a watch on first use (at most ``max_services``);
+Each service the agent routes to gets a watch on first use (at most ``max_services``;
+:meth:`ServiceDirectory.unwatch` ends one, see ``AgentService`` for when);
 every snapshot replaces the service's :class:`ServiceView` at once, so node changes,
 weights and degrade switches take effect as soon as the registry delivers them. The
 registry client's fail-static cache keeps the last snapshot on disk: after a restart
@@ -73,8 +74,11 @@ class ServiceDirectory:
         if view is not None:
             return view
         self.watch(service)
+        first = self._first.get(service)
+        if first is None:  # unwatched meanwhile
+            return None
         try:
-            await asyncio.wait_for(self._first[service].wait(), self._first_wait)
+            await asyncio.wait_for(first.wait(), self._first_wait)
         except TimeoutError:
             pass
         return self.views.get(service)
@@ -91,6 +95,21 @@ class ServiceDirectory:
         task = asyncio.get_running_loop().create_task(self._follow(service))
         task.add_done_callback(functools.partial(self._done, service))
         self._tasks[service] = task
+
+    async def unwatch(self, service: str) -> bool:
+        """Stop watching ``service`` and forget its view; False if it was not watched.
+
+        The next call for it starts a new watch (the agent unwatches services nobody
+        called for ``service_idle_seconds``, or the least recently called one when a new
+        service would exceed ``max_services``).
+        """
+        task = self._tasks.pop(service, None)
+        self.views.pop(service, None)
+        self._first.pop(service, None)
+        if task is None:
+            return False
+        await cancel_and_wait(task)
+        return True
 
     def _done(self, service: str, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -110,7 +129,9 @@ class ServiceDirectory:
             async for snapshot in watch:
                 previous = self.views.get(service)
                 self.views[service] = ServiceView.of(snapshot)
-                self._first[service].set()
+                first = self._first.get(service)
+                if first is not None:
+                    first.set()
                 if previous is None or previous.snapshot.config != snapshot.config:
                     self.changes.append({
                         "at": time.time(), "service": service, "revision": snapshot.revision,

@@ -39,7 +39,7 @@ from agent.call import (
     error_reply,
 )
 from agent.config import BUILTIN_FILTERS, AgentConfig
-from agent.recorder import Recorder
+from agent.recorder import ERROR_CLASSES, Recorder
 from agent.sketch import LogHistogram
 
 __all__ = ["FilterContext", "AgentMetrics", "HookFilter", "build_chain", "run_chain",
@@ -76,6 +76,28 @@ class AgentMetrics:
         self.bad_requests = Counter("tidemark_agent_bad_requests_total",
                                     "Requests refused as malformed or too large", ["reason"],
                                     registry=registry)
+        self.expired = Counter("tidemark_agent_expired_total",
+                               "Per-service, per-node and per-caller state dropped to bound "
+                               "memory, by what", ["what"], registry=registry)
+        self.other_caller = Counter("tidemark_agent_other_caller_calls_total",
+                                    "Calls recorded under caller _other: max_callers callers "
+                                    "were already reported", registry=registry)
+        self._per_service = (self.degraded, self.rejected, self.backups, self.failovers,
+                             self.breaker_opened)
+
+    def forget(self, service: str) -> None:
+        """Drop every series labelled with ``service`` (it is no longer routed to)."""
+        for counter in self._per_service:
+            _remove(counter, service)
+        for error_class in ERROR_CLASSES:
+            _remove(self.upstream_errors, service, error_class)
+
+
+def _remove(counter: Counter, *labels: str) -> None:
+    try:
+        counter.remove(*labels)
+    except KeyError:  # never had that series
+        pass
 
 
 @dataclass(frozen=True)
@@ -298,6 +320,8 @@ class FailoverFilter:
     def _balancer(self, service: str) -> Balancer:
         balancer = self._balancers.get(service)
         if balancer is None:
+            if len(self._balancers) >= self._ctx.config.max_services:
+                self._forget_unrouted()
             balancer = make_balancer(self._ctx.config.load_balancer, self._ctx.active_per_node)
             self._balancers[service] = balancer
         return balancer
@@ -305,10 +329,19 @@ class FailoverFilter:
     def rolling(self, service: str) -> _Rolling:
         rolling = self._rolling.get(service)
         if rolling is None:
+            if len(self._rolling) >= self._ctx.config.max_services:
+                self._forget_unrouted()
             rolling = _Rolling(10.0, self._ctx.clock)
             self._rolling[service] = rolling
         rolling.roll()
         return rolling
+
+    def _forget_unrouted(self) -> None:
+        """Drop the balancer and live latencies of services with no node now (services
+        unwatched, or gone from the registry), so they stay within ``max_services``."""
+        endpoints_for = self._ctx.endpoints_for
+        self._balancers = {s: b for s, b in self._balancers.items() if endpoints_for(s)}
+        self._rolling = {s: r for s, r in self._rolling.items() if endpoints_for(s)}
 
     async def handle(self, call: Call, next_: Next) -> Reply:
         config = self._ctx.config

@@ -219,8 +219,10 @@ class Forwarder:
     """Forwards calls over a pool of keep-alive connections; ``start``/``stop`` own it."""
 
     def __init__(self, *, timeout_seconds: float, connect_timeout_seconds: float,
-                 max_response_bytes: int, max_connections: int) -> None:
+                 max_response_bytes: int, max_connections: int,
+                 idle_seconds: float = _IDLE_SECONDS) -> None:
         self._timeout = timeout_seconds
+        self._idle_seconds = idle_seconds  # idle connections older than this are closed
         self._connect_timeout = connect_timeout_seconds
         self._max_response = max_response_bytes
         self._max_connections = max_connections
@@ -230,6 +232,7 @@ class Forwarder:
         self._started = False
         self._tick_seconds = min(0.05, timeout_seconds / 10)
         self._ticker: asyncio.TimerHandle | None = None
+        self._next_sweep = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # start()
 
     async def start(self) -> None:
@@ -244,7 +247,28 @@ class Forwarder:
         now = self.loop.time()
         for conn in list(self._open):
             conn.expire(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(1.0, self._idle_seconds / 2)
+            self._close_stale_idle()
         self._ticker = self.loop.call_later(self._tick_seconds, self._tick)
+
+    def _close_stale_idle(self) -> None:
+        """Close idle connections unused for ``idle_seconds`` and forget addresses with
+        none left: nodes come and go, and nothing else would ever ask for theirs."""
+        stale_before = time.monotonic() - self._idle_seconds
+        for address in list(self._idle):
+            idle = self._idle[address]
+            while idle and (not idle[0].open or idle[0].idle_since <= stale_before):
+                conn = idle.popleft()  # the least recently used first
+                self._open.discard(conn)
+                conn.close()
+            if not idle:
+                del self._idle[address]
+
+    @property
+    def pooled_addresses(self) -> int:
+        """Node addresses with idle connections kept for reuse."""
+        return len(self._idle)
 
     async def stop(self) -> None:
         self._started = False
@@ -348,10 +372,10 @@ class Forwarder:
         (stale ones are closed on the way)."""
         idle = self._idle.get(address)
         now = time.monotonic()
-        max_idle = _IDLE_SECONDS if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
+        max_idle = self._idle_seconds if idempotent else _IDLE_SECONDS_NOT_IDEMPOTENT
         while idle:
             conn = idle[-1]  # the most recently used is the least likely to be closed
-            if not conn.open or now - conn.idle_since >= _IDLE_SECONDS:
+            if not conn.open or now - conn.idle_since >= self._idle_seconds:
                 idle.pop()
                 conn.close()
                 continue

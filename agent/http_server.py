@@ -123,6 +123,9 @@ class _Connection(asyncio.Protocol):
         self._backlog = b""  # bytes not fed to the parser while too many requests wait
         self._last_request = False  # a request said Connection: close; ignore the rest
         self.last_active = time.monotonic()
+        # When the request being received began, or the agent last answered (0.0: none
+        # being received): a request must arrive whole within the idle timeout of that.
+        self.receiving_since = 0.0
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -251,6 +254,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.receiving_since = self.last_active
         self._in_head = True
         self._began_in_read = True
         self._framing = 0
@@ -316,6 +320,7 @@ class _Connection(asyncio.Protocol):
                          f"max_body_bytes={self._server.max_body_bytes}")
 
     def on_message_complete(self) -> None:
+        self.receiving_since = 0.0
         self._in_body = False
         parser = self._parser
         if parser.should_upgrade():  # llhttp completes the message before it says upgrade
@@ -388,6 +393,8 @@ class _Connection(asyncio.Protocol):
             return
         transport.write(data)
         self.last_active = time.monotonic()
+        if self.receiving_since:  # the caller may have waited for this before sending on
+            self.receiving_since = self.last_active
         if close:
             self._closing = True
             transport.close()
@@ -405,6 +412,13 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._busy and not self._queue
+
+    def time_out_request(self) -> None:
+        """The request being received is overdue (trickled in, a slowloris): 408, close."""
+        self.receiving_since = 0.0
+        if self._final is None and not self._closing:
+            self._reject(408, "request_timeout", "request not received within "
+                         f"idle_timeout_seconds={self._server.idle_timeout_seconds:g}")
 
     def close(self) -> None:
         self._closing = True
@@ -452,11 +466,17 @@ class HttpServer:
         return max(0.05, min(5.0, self.idle_timeout_seconds / 4))
 
     def _sweep(self) -> None:
-        """Close connections idle or stalled for longer than the idle timeout."""
+        """Close connections idle or stalled for longer than the idle timeout, and answer
+        408 to a request still arriving that long after it began (or after the last
+        answer on its connection): a byte now and then does not keep it open."""
         deadline = time.monotonic() - self.idle_timeout_seconds
         for conn in list(self.connections):
-            if conn.idle and conn.last_active < deadline:
+            if not conn.idle:
+                continue
+            if conn.last_active < deadline:  # stalled, or idle between requests
                 conn.close()
+            elif 0.0 < conn.receiving_since < deadline:  # bytes keep coming, too slowly
+                conn.time_out_request()
         self._sweeper = self.loop.call_later(self._sweep_every(), self._sweep)
 
     async def stop(self, timeout: float) -> None:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import graphyte
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from agent.naming import MetricNaming, Point
 from agent.recorder import Recorder
@@ -76,6 +79,19 @@ class _Metrics:
                               "Points waiting for the collector", registry=registry)
 
 
+class _RecorderCollector(Collector):
+    """The recorder's own losses, read when /metrics is scraped."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "tidemark_agent_unrecorded_calls",
+            "Calls not recorded: their window already held max_keys (service, node, caller) "
+            "keys", value=self._recorder.rejected_keys)
+
+
 class Reporter:
     """Closes ``recorder``'s windows on time and ships them; runs on its own thread.
 
@@ -90,7 +106,9 @@ class Reporter:
         self.config = config
         self.naming = naming or MetricNaming()
         self._clock = clock
-        self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
+        registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = _Metrics(registry)
+        registry.register(_RecorderCollector(recorder))
         self._sender = graphyte.Sender(config.host, config.port, timeout=config.timeout_seconds,
                                        protocol=config.protocol, raise_send_errors=True)
         self._max_batches = max(1, math.ceil(config.buffer_seconds / recorder.interval_seconds))
@@ -230,19 +248,30 @@ class Reporter:
 
     def _send_payload(self, payload: bytes) -> None:
         if self.config.protocol == "tcp":
-            self._sender.send_message(payload)
+            self._sender.send_message(payload)  # create_connection: IPv4 and IPv6 alike
             return
         limit = self.config.udp_datagram_bytes
+        chunks: list[bytes] = []
         chunk: list[bytes] = []
         size = 0
         for line in payload.splitlines(keepends=True):
             if chunk and size + len(line) > limit:
-                self._sender.send_message(b"".join(chunk))
+                chunks.append(b"".join(chunk))
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line)
         if chunk:
-            self._sender.send_message(b"".join(chunk))
+            chunks.append(b"".join(chunk))
+        self._send_datagrams(chunks)
+
+    def _send_datagrams(self, datagrams: list[bytes]) -> None:
+        """Send over UDP to the collector's address, IPv4 or IPv6 (graphyte's UDP socket
+        is IPv4 only). The name is resolved on every send, as graphyte does."""
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.config.host, self.config.port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            for datagram in datagrams:
+                sock.sendto(datagram, address)
 
     def _final_flush(self) -> None:
         self.close_window()

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import math
 import re
 import time
 import urllib.parse
@@ -25,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.balancer import Endpoint
 from agent.call import Call, Reply, error_reply, json_reply
-from agent.config import AgentConfig
+from agent.config import AgentConfig, join_host_port
 from agent.directory import ServiceDirectory, ServiceView, TooManyServices
 from agent.filters import (
     AgentMetrics,
@@ -46,7 +47,7 @@ from registry.model import NAME_PATTERN, Node
 from tidemark.daemon import cancel_and_wait
 from tidemark.httpkit import daemon_metrics, health
 
-__all__ = ["AgentService", "RESERVED_PATHS"]
+__all__ = ["AgentService", "RESERVED_PATHS", "OTHER_CALLER"]
 
 log = logging.getLogger("tidemark.agent")
 
@@ -56,6 +57,8 @@ _DEGRADE_SWITCHES = ("degraded", "degrade")
 _CALLER_LOWER = _CALLER_HEADER.lower()
 _JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
 _DROP_HEADERS = HOP_BY_HOP | {_CALLER_LOWER}
+#: Client side: calls naming a caller beyond ``max_callers`` are reported under this one.
+OTHER_CALLER = "_other"
 
 
 class AgentService:
@@ -68,6 +71,7 @@ class AgentService:
         self._client = registry_client
         self._own_client = registry_client is None
         self.port: int | None = None
+        self._port_text = ""  # the listening port, as a Host header carries it
         self._ready = False
         self._stopped = False
         self._server: HttpServer | None = None
@@ -102,6 +106,17 @@ class AgentService:
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
         self._degrade_cache: dict[str, tuple[ServiceView, DegradeState]] = {}
+        # Bounded per-name state: every housekeeping round (``_housekeeping_seconds``)
+        # numbers the calls made in it; services and callers not named for
+        # ``service_idle_seconds`` are forgotten (see ``_housekeep_once``).
+        self._round = 0
+        self._service_round: dict[str, int] = {}  # service -> last round it was called in
+        self._caller_round: dict[str, int] = {}  # X-Tidemark-Caller names seen, client side
+        self._track_callers = not config.is_server_side
+        self._housekeeping_seconds = min(60.0, config.service_idle_seconds / 4)
+        self._idle_rounds = max(1, math.ceil(config.service_idle_seconds
+                                             / self._housekeeping_seconds))
+        self._housekeeping_task: asyncio.Task[None] | None = None
         self._filter_ctx = FilterContext(
             config=config, recorder=self.recorder, metrics=self.agent_metrics,
             endpoints_for=self._endpoints_for, degrade_state=self._degrade_state,
@@ -136,11 +151,13 @@ class AgentService:
         host, port = config.listen_host_port
         await self._server.start(host, port)
         self.port = self._server.port
+        self._port_text = str(self.port)
         if config.is_server_side:
             self.directory.watch(config.service)
             # Registration retries in the background: a registry that is down must not
             # keep the agent from serving.
             self._register_task = asyncio.get_running_loop().create_task(self._register())
+        self._housekeeping_task = asyncio.get_running_loop().create_task(self._housekeep())
         self._ready = True
         log.info("agent listening", extra={"service": config.service, "port": self.port,
                                            "role": "server" if config.is_server_side
@@ -148,7 +165,8 @@ class AgentService:
 
     async def _register(self) -> None:
         assert self._client is not None
-        address = self.config.advertise or f"{self.config.listen_host_port[0]}:{self.port}"
+        address = self.config.advertise or join_host_port(self.config.listen_host_port[0],
+                                                          self.port or 0)
         node = Node(id=self._node_id(), address=address, idc=self.config.idc)
         while True:
             try:
@@ -166,7 +184,8 @@ class AgentService:
         self._stopped = True
         self._ready = False
         task, self._register_task = self._register_task, None
-        await cancel_and_wait(task)
+        housekeeping, self._housekeeping_task = self._housekeeping_task, None
+        await cancel_and_wait(task, housekeeping)
         if self._registration is not None:
             await self._registration.stop()
         server, self._server = self._server, None
@@ -178,6 +197,87 @@ class AgentService:
             await self._client.stop()
         await self.forwarder.stop()
         await asyncio.to_thread(self.reporter.stop)
+
+    # -- bounded state -------------------------------------------------------------------
+
+    async def _housekeep(self) -> None:
+        """Every ``_housekeeping_seconds``: forget what nobody used (``_housekeep_once``)."""
+        while True:
+            await asyncio.sleep(self._housekeeping_seconds)
+            try:
+                await self._housekeep_once()
+            except Exception:  # a bug here must not stop the next rounds
+                log.exception("housekeeping failed")
+
+    async def _housekeep_once(self) -> None:
+        """Close one round: unwatch services not called for ``service_idle_seconds`` (the
+        server side's own service stays), forget callers not seen as long, and drop the
+        circuit breakers of nodes no longer in their service's snapshot."""
+        ended = self._round
+        self._round = ended + 1
+        directory = self.directory
+        watched = set(directory.services()) if directory is not None else set()
+        rounds = self._service_round
+        for service in [s for s in rounds if s not in watched]:
+            del rounds[service]
+        for service in watched:
+            last = rounds.setdefault(service, ended)
+            if ended - last >= self._idle_rounds and not self._pinned(service):
+                await self._forget_service(service, "service_idle")
+        callers = self._caller_round
+        for caller in [c for c, last in callers.items() if ended - last >= self._idle_rounds]:
+            del callers[caller]
+            self.agent_metrics.expired.labels("caller").inc()
+        self._forget_breakers()
+
+    def _pinned(self, service: str) -> bool:
+        return self.config.is_server_side and service == self.config.service
+
+    async def _evict_one_service(self) -> bool:
+        """Make room for a new service: unwatch the least recently called one that was not
+        called in this round; False when every watched service was."""
+        directory = self.directory
+        if directory is None:
+            return False
+        candidates = [(self._service_round.get(s, self._round), s)
+                      for s in directory.services() if not self._pinned(s)]
+        idle = [c for c in candidates if c[0] < self._round]
+        if not idle:
+            return False
+        await self._forget_service(min(idle)[1], "service_evicted")
+        return True
+
+    async def _forget_service(self, service: str, reason: str) -> None:
+        """Unwatch ``service`` and drop everything the agent keeps for it."""
+        if self.directory is not None:
+            await self.directory.unwatch(service)
+        self._service_round.pop(service, None)
+        self._degrade_cache.pop(service, None)
+        breakers = self._filter_ctx.breakers
+        for key in [k for k in breakers if k[0] == service]:
+            del breakers[key]
+        self.agent_metrics.forget(service)
+        self.agent_metrics.expired.labels(reason).inc()
+        log.info("service no longer watched", extra={"service": service, "reason": reason})
+
+    def _forget_breakers(self) -> None:
+        """Drop the breakers of nodes that left their service's snapshot (nodes churn)."""
+        breakers = self._filter_ctx.breakers
+        known: dict[str, set[str]] = {}
+        for key in list(breakers):
+            service, node_id = key
+            ids = known.get(service)
+            if ids is None:
+                ids = known[service] = self._node_ids(service)
+            if node_id not in ids:
+                del breakers[key]
+                self.agent_metrics.expired.labels("breaker").inc()
+
+    def _node_ids(self, service: str) -> set[str]:
+        if self.config.is_server_side:
+            return {e.id for e in self._upstream_endpoint}
+        view = self._views.get(service)
+        return {n.id for n in view.snapshot.nodes} if view is not None else set()
 
     # -- routing state -------------------------------------------------------------------
 
@@ -228,7 +328,7 @@ class AgentService:
             raise ValueError("request target must be an absolute path")
         if self.config.is_server_side:
             return self.config.service, raw
-        host_service = _service_in_host(request.apart.get("host") or "")
+        host_service = _service_in_host(request.apart.get("host") or "", self._port_text)
         if host_service:
             return host_service, raw
         path, sep, query = raw.partition("?")
@@ -266,14 +366,20 @@ class AgentService:
         elif not NAME_PATTERN.fullmatch(caller):
             self.agent_metrics.bad_requests.labels("caller").inc()
             return error_reply(400, f"bad {_CALLER_HEADER} header")
+        elif self._track_callers:
+            callers = self._caller_round
+            if caller in callers or len(callers) < self.config.max_callers:
+                callers[caller] = self._round
+            else:  # metric paths per caller are bounded: the call goes, reported apart
+                self.agent_metrics.other_caller.inc()
+                caller = OTHER_CALLER
         directory = self.directory
         if (not self.config.is_server_side and directory is not None
                 and service not in self._views):  # watched already: no coroutine
-            try:
-                await directory.view(service)
-            except TooManyServices as too_many:
-                self.agent_metrics.bad_requests.labels("too_many_services").inc()
-                return error_reply(503, str(too_many))
+            refused = await self._watch(directory, service)
+            if refused is not None:
+                return refused
+        self._service_round[service] = self._round
         call = Call(service=service, method=request.method, path_qs=path_qs, headers=headers,
                     body=request.body, caller=caller)
         try:
@@ -282,6 +388,23 @@ class AgentService:
             self.agent_metrics.internal_errors.inc()
             log.exception("call failed inside the agent", extra={"service": service})
             return error_reply(500, "internal error in the agent")
+
+    async def _watch(self, directory: ServiceDirectory, service: str) -> Reply | None:
+        """Start watching ``service`` (unwatching the least recently called one when
+        ``max_services`` are watched); a 503 when every watched service is in use."""
+        message = ""
+        for attempt in range(2):
+            try:
+                await directory.view(service)
+                return None
+            except TooManyServices as too_many:
+                message = str(too_many)
+            # Outside the handler: compiled, no await while an exception propagates.
+            if attempt or not await self._evict_one_service():
+                break
+        self.agent_metrics.bad_requests.labels("too_many_services").inc()
+        return error_reply(503, f"{message}, each called within the last "
+                           f"{self._housekeeping_seconds:g} s")
 
     async def _runtime(self) -> dict[str, Any]:
         directory = self.directory
@@ -327,6 +450,10 @@ class AgentService:
                          "sent_points": self.reporter.sent_points,
                          "dropped_points": self.reporter.dropped_points},
             "upstream_connections": self.forwarder.open_connections,
+            # the sizes of the agent's per-name state (each bounded, docs/agent.md)
+            "bounded_state": {"services": len(names), "callers": len(self._caller_round),
+                              "breakers": len(self._filter_ctx.breakers),
+                              "upstream_pools": self.forwarder.pooled_addresses},
         }
         return body
 
@@ -354,12 +481,17 @@ class AgentService:
 
 
 @functools.lru_cache(maxsize=4096)
-def _service_in_host(host_header: str) -> str:
-    """The service a Host header names, or "" when it is an address or localhost."""
-    host = host_header.rsplit(":", 1)[0].strip("[]")
-    if host and NAME_PATTERN.fullmatch(host) and not _is_address(host) and host != "localhost":
-        return host
-    return ""
+def _service_in_host(host_header: str, own_port: str) -> str:
+    """The service a Host header names, or "" when it names the agent itself: an address,
+    localhost, or any name with the agent's own port (a caller reaching the agent by the
+    host's name, ``http://node-7.internal:9981/orders/list``, routes by the path)."""
+    host, sep, port = host_header.rpartition(":")
+    if not sep or "]" in port:  # no port (an IPv6 address in brackets has colons)
+        host, port = host_header, ""
+    host = host.strip("[]")
+    if port == own_port or not host or host == "localhost" or _is_address(host):
+        return ""
+    return host if NAME_PATTERN.fullmatch(host) else ""
 
 
 @functools.lru_cache(maxsize=4096)

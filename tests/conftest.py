@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.test_agent_support import Mesh
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -34,6 +39,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    """A registry, a metrics line receiver, upstreams and agents on loopback
+    (tests/test_agent_support.py); everything is stopped at the end."""
+    from tests.test_agent_support import make_mesh
+
+    m = await make_mesh(tmp_path)
+    try:
+        yield m
+    finally:
+        await m.close()
 
 
 def pytest_configure(config: pytest.Config) -> None:

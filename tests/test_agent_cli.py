@@ -1,4 +1,5 @@
-"""`tidemark agent` as a process: starts, serves /healthz, stops cleanly on SIGTERM."""
+"""`tidemark agent` as a process: starts, serves /healthz, stops cleanly on SIGTERM (the
+call in flight answered, the node deregistered, the open window flushed)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,36 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from registry.server.app import RegistryServer, RegistryServerConfig
 from tests.conftest import free_port
 from tests.test_agent_reporter import LineServer
 
 
-async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> None:
+async def test_agent_process_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     registry = RegistryServer(RegistryServerConfig(data_dir=tmp_path / "registry", http_port=0),
                               token="s3cret")
     await registry.start()
     (tmp_path / "token").write_text("s3cret\n")
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\nregistry_token_file = "{tmp_path / "token"}"\n'
-                      'request_timeout_seconds = "2s"\n')
+                      'request_timeout_seconds = "2s"\n'
+                      "heartbeat_ttl_seconds = 60\n")  # only a deregistration removes it
     lines = LineServer()
     port = free_port()
     upstream_port = free_port()
+    entered = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await asyncio.sleep(1.0)  # SIGTERM arrives while this call is in flight
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    upstream = web.AppRunner(app)
+    await upstream.setup()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tidemark", "agent", "--service", "user",
         "--registry", f"http://127.0.0.1:{registry.port}", "--graphite",
@@ -61,13 +75,26 @@ async def test_agent_process_serves_and_flushes_on_sigterm(tmp_path: Path) -> No
             assert resident > 0 and 'python_gc_collections_total{generation="2"}' in metrics
             snapshot = registry.store.snapshot("user")
             assert [n.address for n in snapshot.nodes] == [f"127.0.0.1:{port}"]
-        proc.send_signal(signal.SIGTERM)
+            await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()  # the service is up
+
+            async def call() -> tuple[int, bytes]:
+                async with session.get(f"http://127.0.0.1:{port}/slow") as resp:
+                    return resp.status, await resp.read()
+
+            in_flight = asyncio.ensure_future(call())
+            await asyncio.wait_for(entered.wait(), 10)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(in_flight, 10) == (200, b"done")
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-        # The open window was flushed on the way out: the failed call is counted.
-        assert lines.wait_for(lambda ls: any(
-            line.startswith(f"tidemark.user.bj.127_0_0_1_{upstream_port}.errors.connection 1 ")
-            for line in ls))
+        assert registry.store.snapshot("user").nodes == ()  # deregistered on the way out
+        # The open window was flushed on the way out: both calls are counted.
+        node = f"tidemark.user.bj.127_0_0_1_{upstream_port}"
+        assert lines.wait_for(lambda ls: f"{node}.errors.connection" in {
+            line.split(" ")[0] for line in ls})
+        assert sum(v for v, _ in lines.values(f"{node}.requests")) == 2
+        assert sum(v for v, _ in lines.values(f"{node}.errors.connection")) == 1
     finally:
+        await upstream.cleanup()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

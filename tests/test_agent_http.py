@@ -543,6 +543,50 @@ async def test_idle_connection_is_closed_after_idle_timeout() -> None:
         assert s.requests[0].raw_path == "/once" and len(s.requests) == 1
 
 
+async def trickle_until_answered(writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
+                                 data: bytes) -> bytes:
+    """Send ``data`` a byte every 50 ms (each byte within the idle timeout of the last)
+    until the server answers or closes; what it sent back (b"" when all of ``data`` went
+    and nothing came)."""
+    for byte in data:
+        await send(writer, bytes([byte]))
+        with suppress(TimeoutError):
+            answer = await asyncio.wait_for(reader.read(65536), 0.05)
+            return answer or b"closed"
+    return b""
+
+
+async def test_a_request_trickled_in_a_byte_at_a_time_is_cut_with_408() -> None:
+    """A slowloris: each byte resets the idle clock, but the whole request must arrive
+    within the idle timeout of its start."""
+    async with serving(idle_timeout_seconds=0.3) as s:
+        async with raw_client(s.port) as (reader, writer):
+            head = b"GET /slow HTTP/1.1\r\nHost: svc\r\nX-Pad: " + b"a" * 200 + b"\r\n\r\n"
+            answer = await trickle_until_answered(writer, reader, head)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+        async with raw_client(s.port) as (reader, writer):  # the body too
+            await send(writer, b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 200\r\n\r\n")
+            answer = await trickle_until_answered(writer, reader, b"b" * 200)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert s.rejected == ["request_timeout", "request_timeout"] and not s.requests
+
+
+async def test_a_request_sent_after_a_slow_answer_is_not_cut() -> None:
+    """The clock of a request sent while an earlier one was being answered starts when
+    that answer went out: pipelining behind a slow call is no slowloris."""
+    async def slow(request: InboundRequest) -> Reply:
+        await asyncio.sleep(1.4 if request.raw_path == "/slow" else 0)
+        return await echo(request)
+
+    async with serving(slow, idle_timeout_seconds=0.6) as s, \
+            raw_client(s.port) as (reader, writer):
+        await send(writer, get("/slow") + b"GET /next HTTP/1.1\r\n")
+        assert echoed(await read_response(reader))["path"] == "/slow"
+        await asyncio.sleep(0.2)  # within the idle timeout of the answer, not of the start
+        await send(writer, b"Host: svc\r\n\r\n")
+        assert echoed(await read_response(reader))["path"] == "/next"
+
+
 async def test_slow_handler_is_not_cut_by_the_idle_timeout() -> None:
     async def slow(request: InboundRequest) -> Reply:
         await asyncio.sleep(0.8)  # several idle timeouts and sweeps
@@ -761,6 +805,23 @@ async def test_forward_content_length_only_when_a_body_is_expected() -> None:
             assert (await forward(fwd, make_call(up, method))).status == 200
         lengths = [r.headers.get("Content-Length") for r in up.requests]
         assert lengths == [None, None, "0", "0"]
+
+
+async def test_idle_connections_to_nodes_that_left_are_closed_and_forgotten() -> None:
+    """Nodes churn: the pool of an address nobody calls any more must not stay open or
+    be kept for ever."""
+    async with Upstream(answering(ok())) as first, Upstream(answering(ok())) as second, \
+            forwarder(idle_seconds=0.2) as fwd:
+        for up in (first, second):
+            assert (await forward(fwd, make_call(up))).status == 200
+        assert fwd.open_connections == 2 and fwd.pooled_addresses == 2
+        for _ in range(100):  # sweeps run at least every idle_seconds / 2
+            if fwd.open_connections == 0 and fwd.pooled_addresses == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert fwd.open_connections == 0 and fwd.pooled_addresses == 0
+        assert (await forward(fwd, make_call(first))).status == 200  # and calls go on
+        assert first.accepted == 2
 
 
 async def test_keep_alive_connection_is_reused() -> None:

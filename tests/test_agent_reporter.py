@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.config import AgentConfig
 from agent.naming import MetricNaming
 from agent.recorder import Recorder
 from agent.reporter import Reporter, ReporterConfig
@@ -18,9 +19,10 @@ from tests.conftest import free_port
 
 
 class LineServer:
-    """A Graphite plaintext receiver on 127.0.0.1: records every line it gets."""
+    """A Graphite plaintext receiver on 127.0.0.1 (or ``host``, e.g. ``::1``): records
+    every line it gets."""
 
-    def __init__(self, port: int = 0, udp: bool = False) -> None:
+    def __init__(self, port: int = 0, udp: bool = False, host: str = "127.0.0.1") -> None:
         self.lines: list[str] = []
         self._closed = False
         self._got = threading.Condition()
@@ -36,10 +38,11 @@ class LineServer:
                 for line in self.request[0].decode().splitlines():
                     owner._add(line)
 
-        server_cls = socketserver.ThreadingUDPServer if udp else socketserver.ThreadingTCPServer
-        server_cls.allow_reuse_address = True
-        server_cls.daemon_threads = True
-        self.server = server_cls(("127.0.0.1", port), UDPHandler if udp else TCPHandler)
+        base = socketserver.ThreadingUDPServer if udp else socketserver.ThreadingTCPServer
+        server_cls = type("Server", (base,), {
+            "allow_reuse_address": True, "daemon_threads": True,
+            "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+        self.server = server_cls((host, port), UDPHandler if udp else TCPHandler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -226,6 +229,51 @@ def test_udp_emission_splits_into_datagrams() -> None:
         reporter.stop()
     finally:
         server.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_an_ipv6_collector_address_in_brackets_gets_the_points(protocol: str) -> None:
+    server = LineServer(udp=protocol == "udp", host="::1")
+    try:
+        config = AgentConfig(service="web", registry="http://127.0.0.1:1",
+                             graphite=f"[::1]:{server.port}", graphite_protocol=protocol)
+        host, port = config.graphite_host_port
+        clock = Clock(3_000_000.0)
+        recorder = Recorder(10, default_node="10.0.0.1:80", clock=clock)
+        reporter = Reporter(recorder, ReporterConfig(host=host, port=port, protocol=protocol,
+                                                     timeout_seconds=2),
+                            naming=MetricNaming(idc="bj"), clock=clock)
+        recorder.record("svc", 3.0)
+        clock.now += 10
+        reporter.tick()
+        assert reporter.sent_points > 0
+        assert server.wait_for(lambda lines: len(lines) == reporter.sent_points)
+        assert server.values("tidemark.svc.bj.10_0_0_1_80.requests") == [(1.0, 3_000_000)]
+        reporter.stop()
+    finally:
+        server.close()
+
+
+def test_calls_past_max_keys_are_counted_on_metrics(line_server: LineServer) -> None:
+    clock = Clock(3_000_000.0)
+    registry = CollectorRegistry()
+    recorder = Recorder(10, clock=clock, max_keys=2)
+    reporter = Reporter(recorder, ReporterConfig(port=line_server.port, timeout_seconds=2),
+                        registry=registry, clock=clock)
+    for caller in ("a", "b", "c", "d", "a"):
+        recorder.record("svc", 1.0, caller=caller)
+    assert registry.get_sample_value("tidemark_agent_unrecorded_calls_total") == 2
+    reporter.stop()
 
 
 def test_bad_reporter_config_is_rejected() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from registry.model import Node
 from tests.conftest import free_port
 from tests.test_agent_support import Behaviour, Mesh, make_mesh
 from tests.test_registry_helpers import wait_until
-
-
-@pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    m = await make_mesh(tmp_path)
-    try:
-        yield m
-    finally:
-        await m.close()
 
 
 async def test_pair_routes_measures_and_reports(mesh: Mesh) -> None:
