@@ -234,6 +234,10 @@ class Watch:
         self._closed = True
         self._ready.set()
         self._client._watches.discard(self)
+        cache, service = self._client.cache, self._service
+        if cache is not None and service is not None and not any(
+                watch._service == service for watch in self._client._watches):
+            cache.forget(service)
         task, self._task = self._task, None
         await cancel_and_wait(task)
 

@@ -98,6 +98,14 @@ class FailStaticCache:
         if serving_cache:
             self._serving_cache.add(service)
 
+    def forget(self, service: str) -> None:
+        """No watch follows ``service`` any more: drop its gauges (a service unwatched for
+        good, e.g. one nobody calls, must not read "live" for ever). The file stays, for
+        fail static when it is watched again."""
+        self._live.discard(service)
+        self._serving_cache.discard(service)
+        self._last_live.pop(service, None)
+
     def age_seconds(self, service: str) -> float | None:
         """Seconds since the registry last vouched for the snapshot (0 while live)."""
         if service in self._live:

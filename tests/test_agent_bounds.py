@@ -77,12 +77,17 @@ async def test_a_service_nobody_calls_any_more_loses_its_watch_breakers_and_seri
                         service="gone", error="connection") == 1
     state = await runtime(mesh, client)
     assert state["services"]["gone"]["nodes"][0]["breaker"] == "closed"
+    assert await metric(mesh, client, "tidemark_registry_snapshot_age_seconds",
+                        service="gone") == 0.0  # live
     state = await poll(mesh, client, lambda s: not s["services"])
     assert state["bounded_state"]["breakers"] == 0
     assert await metric(mesh, client, "tidemark_agent_upstream_errors_total",
                         service="gone", error="connection") is None
     assert await metric(mesh, client, "tidemark_agent_expired_total",
                         what="service_idle") == 1
+    # Nor does the registry client keep its fail-static gauges, which would read "live".
+    assert await metric(mesh, client, "tidemark_registry_snapshot_age_seconds",
+                        service="gone") is None
     # Called again, it is watched again.
     assert (await mesh.get(client, "/gone/x"))[0] == 502
     assert set((await runtime(mesh, client))["services"]) == {"gone"}

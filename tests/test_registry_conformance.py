@@ -378,11 +378,11 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
         async with fresh.watch(service, initial_wait_seconds=0.2) as watch:
             served = await next_matching(watch, lambda s: True)
             assert served.from_cache and served.config.idc_weights == {"bj": 80}
-        assert metrics2.get_sample_value("tidemark_registry_serving_from_cache",
-                                         {"service": service}) == 1.0
-        age = metrics2.get_sample_value("tidemark_registry_snapshot_age_seconds",
-                                        {"service": service})
-        assert age is not None and age > 0
+            assert metrics2.get_sample_value("tidemark_registry_serving_from_cache",
+                                             {"service": service}) == 1.0
+            age = metrics2.get_sample_value("tidemark_registry_snapshot_age_seconds",
+                                            {"service": service})
+            assert age is not None and age > 0
         nocache = backend.client()
         with pytest.raises(RegistryUnavailable):
             await nocache.snapshot(service)
@@ -391,10 +391,14 @@ async def test_fail_static_serves_last_snapshot_when_registry_is_down(
     # Back live: a watch that hears from the registry again clears the flag and the age.
     async with client.watch(service) as watch:
         await next_matching(watch, lambda s: not s.from_cache, timeout_seconds=30)
-    assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
-                                    {"service": service}) == 0.0
+        assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
+                                        {"service": service}) == 0.0
+        assert metrics.get_sample_value("tidemark_registry_snapshot_age_seconds",
+                                        {"service": service}) == 0.0
+    # The last watch of the service closed: its gauges go (the file stays).
     assert metrics.get_sample_value("tidemark_registry_snapshot_age_seconds",
-                                    {"service": service}) == 0.0
+                                    {"service": service}) is None
+    assert (cache_dir / f"{service}.json").exists()
 
 
 async def test_fail_static_serves_at_start_while_the_registry_does_not_answer(
@@ -422,10 +426,10 @@ async def test_fail_static_serves_at_start_while_the_registry_does_not_answer(
     try:
         async with client.watch(service, initial_wait_seconds=0.2) as watch:
             served = await next_matching(watch, lambda s: True)
+            assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
+                                            {"service": service}) == 1.0
         assert served.from_cache and served.config.switches == {"safe_mode": True}
         assert connections, "the client must have been waiting for the silent registry"
-        assert metrics.get_sample_value("tidemark_registry_serving_from_cache",
-                                        {"service": service}) == 1.0
     finally:
         await client.stop()
         for writer in connections:
