@@ -69,6 +69,9 @@ class AgentConfig:
     degraded_content_type: str = "application/json"
     caller: str | None = None  # client side: the caller name in metrics (default: service)
     shutdown_timeout_seconds: float = 5.0
+    # server side, on stop: keep serving this long after deregistering, while the callers'
+    # agents learn that the node left (the registry's changes take effect within 1 s)
+    deregister_grace_seconds: float = 1.0
     event_loop: str = "uvloop"  # or "asyncio"
 
     def __post_init__(self) -> None:
@@ -99,6 +102,9 @@ class AgentConfig:
         if (self.request_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0
                 or self.idle_timeout_seconds <= 0 or self.service_idle_seconds <= 0):
             raise ValueError("timeouts must be positive")
+        if self.deregister_grace_seconds < 0 or self.shutdown_timeout_seconds < 0:
+            raise ValueError("deregister_grace_seconds and shutdown_timeout_seconds must be "
+                             ">= 0")
         if not 200 <= self.degraded_status <= 599:
             raise ValueError("degraded_status: must be an HTTP status 200-599")
         if "failover" in self.filters and "circuit_breaker" in self.filters and (

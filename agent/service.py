@@ -188,6 +188,9 @@ class AgentService:
         await cancel_and_wait(task, housekeeping)
         if self._registration is not None:
             await self._registration.stop()
+            # Callers' agents still route here until they hear that the node left: a call
+            # sent meanwhile on a kept-alive connection must find it open, not closed.
+            await asyncio.sleep(self.config.deregister_grace_seconds)
         server, self._server = self._server, None
         if server is not None:
             await server.stop(self.config.shutdown_timeout_seconds)

@@ -454,6 +454,22 @@ async def test_server_agent_heartbeats_keep_its_node_and_stop_deregisters(mesh: 
     assert (await mesh.admin.snapshot("user")).nodes == ()
 
 
+async def test_a_leaving_server_agent_answers_until_callers_know_it_left(mesh: Mesh) -> None:
+    a = await mesh.upstream("a")
+    leaving = await mesh.server_agent("user", a, deregister_grace_seconds=5.0)
+    client = await mesh.client_agent("web")
+    await mesh.wait_nodes(client, "user", 1)
+    stopping = asyncio.create_task(leaving.stop())
+    # The node is gone from the registry and from the caller's routing...
+    await mesh.wait_nodes(client, "user", 0)
+    assert (await mesh.admin.snapshot("user")).nodes == ()
+    # ...and a call that a slower caller sends meanwhile is still answered, not refused.
+    status, _, body = await mesh.get(leaving, "/late")
+    assert status == 200 and json.loads(body)["node"] == "a"
+    await stopping
+    mesh.agents.remove(leaving)
+
+
 async def test_backups_stay_within_the_budget_under_a_burst(mesh: Mesh) -> None:
     slow = asyncio.Event()
 

@@ -80,6 +80,7 @@ class Mesh:
         defaults: dict[str, Any] = dict(
             registry=self.registry_url, graphite=f"127.0.0.1:{self.lines.port}",
             listen="127.0.0.1:0", interval_seconds=1, heartbeat_ttl_seconds=3.0,
+            deregister_grace_seconds=0.0,
             data_dir=self.tmp / f"agent{len(self.agents)}", filters=(
                 "metrics", "switcher", "active_limit", "failover", "circuit_breaker"))
         defaults.update(kwargs)
