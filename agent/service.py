@@ -138,7 +138,8 @@ class AgentService:
         await self._client.start()
         self.directory = ServiceDirectory(
             self._client, max_services=config.max_services,
-            first_snapshot_wait_seconds=config.first_snapshot_wait_seconds)
+            first_snapshot_wait_seconds=config.first_snapshot_wait_seconds,
+            on_restart=lambda service: self.agent_metrics.watch_restarts.labels(service).inc())
         self._views = self.directory.views
         self.reporter.start()
         await self.forwarder.start()
