@@ -451,6 +451,8 @@ class AgentService:
                          "sent_points": self.reporter.sent_points,
                          "dropped_points": self.reporter.dropped_points},
             "upstream_connections": self.forwarder.open_connections,
+            # inbound connections, and what callers pipelining ahead make the agent hold
+            "inbound": self._server.inbound_state() if self._server is not None else None,
             # the sizes of the agent's per-name state (each bounded, docs/agent.md)
             "bounded_state": {"services": len(names), "callers": len(self._caller_round),
                               "breakers": len(self._filter_ctx.breakers),
