@@ -5,7 +5,9 @@ Each service the agent routes to gets a watch on first use (at most ``max_servic
 every snapshot replaces the service's :class:`ServiceView` at once, so node changes,
 weights and degrade switches take effect as soon as the registry delivers them. The
 registry client's fail-static cache keeps the last snapshot on disk: after a restart
-with the registry unreachable, the agent serves from it.
+with the registry unreachable, the agent serves from it. A watch that ends by itself (a
+bug, or a client whose watch raised) is started again, after a backoff, and the service
+keeps its last view meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import collections
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,11 @@ from tidemark.daemon import cancel_and_wait
 __all__ = ["ServiceView", "ServiceDirectory", "TooManyServices"]
 
 log = logging.getLogger("tidemark.agent.directory")
+
+#: A watch that ended is started again after this, doubled per failure in a row (a
+#: snapshot delivered resets it), at most ``_MAX_RESTART_DELAY_SECONDS``.
+_RESTART_DELAY_SECONDS = 0.5
+_MAX_RESTART_DELAY_SECONDS = 30.0
 
 
 class TooManyServices(Exception):
@@ -46,13 +54,21 @@ class ServiceView:
 
 
 class ServiceDirectory:
-    """Views of the services watched so far; ``stop`` closes every watch (idempotent)."""
+    """Views of the services watched so far; ``stop`` closes every watch (idempotent).
+
+    ``on_restart(service)`` is called each time the watch of a service ended by itself and
+    is started again.
+    """
 
     def __init__(self, client: BaseClient, *, max_services: int = 256,
-                 first_snapshot_wait_seconds: float = 2.0) -> None:
+                 first_snapshot_wait_seconds: float = 2.0,
+                 on_restart: Callable[[str], None] | None = None) -> None:
         self._client = client
         self._max_services = max_services
         self._first_wait = first_snapshot_wait_seconds
+        self._on_restart = on_restart
+        # service -> watches in a row that ended without delivering a snapshot (backoff)
+        self._failures: dict[str, int] = {}
         # service -> latest view; one dict for the directory's life, which the agent's
         # data path reads directly (``current`` for everyone else)
         self.views: dict[str, ServiceView] = {}
@@ -92,7 +108,10 @@ class ServiceDirectory:
         if len(self._tasks) >= self._max_services:
             raise TooManyServices(f"the agent routes to at most {self._max_services} services")
         self._first[service] = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._follow(service))
+        self._start(service, 0.0)
+
+    def _start(self, service: str, delay_seconds: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._follow(service, delay_seconds))
         task.add_done_callback(functools.partial(self._done, service))
         self._tasks[service] = task
 
@@ -106,27 +125,41 @@ class ServiceDirectory:
         task = self._tasks.pop(service, None)
         self.views.pop(service, None)
         self._first.pop(service, None)
+        self._failures.pop(service, None)
         if task is None:
             return False
         await cancel_and_wait(task)
         return True
 
     def _done(self, service: str, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("watch of a service failed", extra={"service": service},
-                      exc_info=task.exception())
-            self._tasks.pop(service, None)  # the next call starts it again
+        """A watch task ended. Cancelled: unwatched or stopped. Else it died (it raised, or
+        its stream ended): start a new one after a backoff; the last view stays in use."""
+        if task.cancelled() or self._stopped or self._tasks.get(service) is not task:
+            return
+        failures = self._failures.get(service, 0) + 1
+        self._failures[service] = failures
+        delay = min(_MAX_RESTART_DELAY_SECONDS,
+                    _RESTART_DELAY_SECONDS * 2.0 ** min(failures - 1, 16))
+        error = task.exception()
+        log.error("watch of a service ended; watching it again", exc_info=error, extra={
+            "service": service, "error": repr(error), "in_seconds": delay})
+        self._start(service, delay)
+        if self._on_restart is not None:
+            self._on_restart(service)
 
-    async def _follow(self, service: str) -> None:
+    async def _follow(self, service: str, delay_seconds: float) -> None:
         # Not ``async with`` (nor ``finally: await ...``): compiled by mypyc (2.4), code that
         # awaits while an exception propagates re-raises whatever sys.exc_info() holds when
         # it resumes, not the exception it caught. Watch.aclose suspends, so a cancel at
         # shutdown became an invalid exception and left this task pending for ever. The
         # close runs outside the handler and the caught exception is raised by name.
+        if delay_seconds > 0:
+            await asyncio.sleep(delay_seconds)
         watch = self._client.watch(service)
         error: BaseException | None = None
         try:
             async for snapshot in watch:
+                self._failures.pop(service, None)
                 previous = self.views.get(service)
                 self.views[service] = ServiceView.of(snapshot)
                 first = self._first.get(service)

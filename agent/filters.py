@@ -82,8 +82,12 @@ class AgentMetrics:
         self.other_caller = Counter("tidemark_agent_other_caller_calls_total",
                                     "Calls recorded under caller _other: max_callers callers "
                                     "were already reported", registry=registry)
+        self.watch_restarts = Counter("tidemark_agent_watch_restarts_total",
+                                      "Registry watches of a service that ended by "
+                                      "themselves and were started again", ["service"],
+                                      registry=registry)
         self._per_service = (self.degraded, self.rejected, self.backups, self.failovers,
-                             self.breaker_opened)
+                             self.breaker_opened, self.watch_restarts)
 
     def forget(self, service: str) -> None:
         """Drop every series labelled with ``service`` (it is no longer routed to)."""

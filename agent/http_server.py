@@ -11,7 +11,10 @@ is passed to ``on_rejected``): a malformed request is 400, headers larger than
 ``max_header_bytes`` 431, a body larger than ``max_body_bytes`` 413 (checked against
 ``Content-Length`` before the body is read), an upgrade or CONNECT 501; then the
 connection is closed. Connections idle (or stalled in the middle of a request) for longer
-than ``idle_timeout_seconds`` are closed.
+than ``idle_timeout_seconds`` are closed. A connection stops being read while more than 16
+of its requests wait, or while the requests it sent and not yet answered hold more than
+``max_body_bytes + max_header_bytes`` (a caller pipelining large bodies), and is read again
+as answers go out.
 """
 
 from __future__ import annotations
@@ -102,7 +105,11 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        self._queue: deque[tuple[InboundRequest, bool, bool]] = deque()  # +keep-alive, 1.0
+        # + keep-alive, HTTP/1.0, and the bytes of the request (head and body)
+        self._queue: deque[tuple[InboundRequest, bool, bool, int]] = deque()
+        # bytes of the requests queued or being answered (each counted until its answer is
+        # written); reading pauses above ``server.max_unanswered_bytes``
+        self._unanswered_bytes = 0
         # One task per connection answers its requests in order; between requests it waits
         # on `_wakeup` (cheaper than a task per request).
         self._worker: asyncio.Task[None] | None = None
@@ -154,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         self._transport = None
         self._queue.clear()
+        self._unanswered_bytes = 0
         if self._worker is not None:
             self._worker.cancel()  # nobody is left to answer
 
@@ -172,13 +180,15 @@ class _Connection(asyncio.Protocol):
         self._take(data)
 
     def _take(self, data: bytes) -> None:
-        """Feed ``data`` to the parser in slices; once more than 16 requests wait, keep
-        the rest for later (so one large read of tiny pipelined requests cannot queue
-        thousands of them)."""
+        """Feed ``data`` to the parser in slices; once more than 16 requests wait, or the
+        unanswered ones hold more than ``max_unanswered_bytes``, keep the rest for later
+        (so one large read of pipelined requests cannot queue thousands of them, nor many
+        large bodies)."""
         for start in range(0, len(data), _SLICE):
             if self._closing or self._final is not None or self._last_request:
                 return
-            if len(self._queue) > 16:
+            if len(self._queue) > 16 \
+                    or self._unanswered_bytes > self._server.max_unanswered_bytes:
                 self._backlog = data[start:]
                 self._update_reading()
                 return
@@ -243,11 +253,15 @@ class _Connection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         """Read while answers flow: not while the caller does not read its answers, nor
-        while it has pipelined more than 16 requests ahead."""
-        pause = self._write_paused or len(self._queue) > 16 or bool(self._backlog)
+        while it has pipelined more than 16 requests, or ``max_unanswered_bytes``, ahead."""
+        over_bytes = self._unanswered_bytes > self._server.max_unanswered_bytes
+        pause = self._write_paused or len(self._queue) > 16 or bool(self._backlog) \
+            or over_bytes
         if pause != self._paused and self._transport is not None and not self._closing:
             self._paused = pause
             if pause:
+                if over_bytes:
+                    self._server.read_pauses_for_bytes += 1
                 self._transport.pause_reading()
             else:
                 self._transport.resume_reading()
@@ -332,15 +346,21 @@ class _Connection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self._last_request = True
-        self._queue.append((request, keep_alive, parser.get_http_version() == "1.0"))
+        size = self._header_bytes + self._body_size
+        self._unanswered_bytes += size
+        unanswered = self._unanswered_bytes
+        server = self._server
+        if unanswered > server.largest_unanswered_bytes:
+            server.largest_unanswered_bytes = unanswered
+        self._queue.append((request, keep_alive, parser.get_http_version() == "1.0", size))
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
         elif self._worker is None:
-            self._worker = self._server.loop.create_task(self._answer())
-        elif len(self._queue) > 16:
+            self._worker = server.loop.create_task(self._answer())
+        elif len(self._queue) > 16 or unanswered > server.max_unanswered_bytes:
             self._update_reading()
 
     # -- answering ---------------------------------------------------------------------
@@ -354,7 +374,7 @@ class _Connection(asyncio.Protocol):
                     self._wakeup = server.loop.create_future()
                     await self._wakeup
                     continue
-                request, keep_alive, http10 = self._queue.popleft()
+                request, keep_alive, http10, size = self._queue.popleft()
                 self._busy = True
                 server.in_flight += 1
                 try:
@@ -374,6 +394,7 @@ class _Connection(asyncio.Protocol):
                 self._write(render_reply(reply, keep_alive=keep_alive,
                                          head=request.method == "HEAD", http10=http10),
                             close=not keep_alive and not last)
+                self._unanswered_bytes -= size
                 if self._backlog and len(self._queue) <= 4:
                     backlog, self._backlog = self._backlog, b""
                     self._take(backlog)
@@ -413,6 +434,14 @@ class _Connection(asyncio.Protocol):
     def idle(self) -> bool:
         return not self._busy and not self._queue
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    @property
+    def unanswered_bytes(self) -> int:
+        return self._unanswered_bytes
+
     def time_out_request(self) -> None:
         """The request being received is overdue (trickled in, a slowloris): 408, close."""
         self.receiving_since = 0.0
@@ -442,6 +471,11 @@ class HttpServer:
         self.set_apart = frozenset(name.lower().encode("latin-1") for name in set_apart)
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        # per connection: reading pauses while its unanswered requests hold more than this
+        # (so one request of the largest size never pauses it)
+        self.max_unanswered_bytes = max_body_bytes + max_header_bytes
+        self.read_pauses_for_bytes = 0  # times a connection paused for that
+        self.largest_unanswered_bytes = 0  # the most one connection held unanswered
         self.idle_timeout_seconds = idle_timeout_seconds
         self.on_rejected = on_rejected
         self.connections: set[_Connection] = set()
@@ -461,6 +495,16 @@ class HttpServer:
         server: Any = self._server  # its sockets are a list on uvloop, not a tuple
         self.port = int(server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
+
+    def inbound_state(self) -> dict[str, int]:
+        """Open connections and what their pipelined requests hold (for ``/runtime``)."""
+        connections = list(self.connections)
+        return {"connections": len(connections),
+                "reading_paused": sum(1 for c in connections if c.reading_paused),
+                "unanswered_request_bytes": sum(c.unanswered_bytes for c in connections),
+                "max_unanswered_request_bytes": self.max_unanswered_bytes,
+                "largest_unanswered_request_bytes": self.largest_unanswered_bytes,
+                "read_pauses_for_bytes": self.read_pauses_for_bytes}
 
     def _sweep_every(self) -> float:
         return max(0.05, min(5.0, self.idle_timeout_seconds / 4))

@@ -138,7 +138,8 @@ class AgentService:
         await self._client.start()
         self.directory = ServiceDirectory(
             self._client, max_services=config.max_services,
-            first_snapshot_wait_seconds=config.first_snapshot_wait_seconds)
+            first_snapshot_wait_seconds=config.first_snapshot_wait_seconds,
+            on_restart=lambda service: self.agent_metrics.watch_restarts.labels(service).inc())
         self._views = self.directory.views
         self.reporter.start()
         await self.forwarder.start()
@@ -453,6 +454,8 @@ class AgentService:
                          "sent_points": self.reporter.sent_points,
                          "dropped_points": self.reporter.dropped_points},
             "upstream_connections": self.forwarder.open_connections,
+            # inbound connections, and what callers pipelining ahead make the agent hold
+            "inbound": self._server.inbound_state() if self._server is not None else None,
             # the sizes of the agent's per-name state (each bounded, docs/agent.md)
             "bounded_state": {"services": len(names), "callers": len(self._caller_round),
                               "breakers": len(self._filter_ctx.breakers),

@@ -5,14 +5,20 @@ on loopback; each wait is a bounded poll, never a timing assertion."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
 import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from aiohttp import web
+
 from agent.service import AgentService
 from registry.model import Node
 from tests.conftest import free_port
+from tests.test_agent_http import raw_client, read_response
 from tests.test_agent_support import Mesh
 
 
@@ -154,3 +160,63 @@ async def test_a_caller_reaching_the_agent_by_a_host_name_routes_by_the_path(
     status, _, body = await mesh.get(client, "/list", headers={"Host": "orders"})
     assert status == 200 and json.loads(body)["path"] == "/list"  # Host routing stays
     assert set((await runtime(mesh, client))["services"]) == {"orders"}
+
+
+@pytest.mark.both_loops  # the daemon's default loop is uvloop
+async def test_large_pipelined_requests_pause_reading_and_are_all_answered_in_order(
+        mesh: Mesh) -> None:
+    """A caller pipelines twelve bodies of almost max_body_bytes in front of an upstream
+    that holds the first call: the agent stops reading once the requests it has not
+    answered hold more than max_body_bytes + max_header_bytes (two of them), instead of
+    taking in all twelve, and answers every one, intact and in order."""
+    release = asyncio.Event()
+
+    async def held_digest(request: web.Request) -> web.Response:
+        body = await request.read()
+        await release.wait()
+        return web.json_response({"path": request.raw_path, "size": len(body),
+                                  "sha256": hashlib.sha256(body).hexdigest()})
+
+    upstream = await mesh.upstream("held", held_digest)
+    agent = await mesh.server_agent("orders", upstream, request_timeout_seconds=30)
+    count, size = 12, 1024 * 1024 - 65536  # under aiohttp's 1 MiB limit at the upstream
+    limit = agent.config.max_body_bytes + agent.config.max_header_bytes
+    bodies = [random.Random(i).randbytes(size) for i in range(count)]
+    assert agent.port is not None
+    async with raw_client(agent.port) as (reader, writer):
+        writer.write(b"".join(
+            f"POST /{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode() + body
+            for i, body in enumerate(bodies)))
+        sending = asyncio.ensure_future(writer.drain())  # done once the kernel took it all
+
+        # Until the agent paused reading, or (without the bound) took in all twelve.
+        inbound: dict[str, int] = {}
+        for _ in range(250):
+            inbound = (await runtime(mesh, agent))["inbound"]
+            if inbound["read_pauses_for_bytes"] \
+                    or inbound["unanswered_request_bytes"] >= count * size:
+                break
+            await asyncio.sleep(0.02)
+        release.set()  # before any assertion: a failure must not leave the call held
+        assert 2 * size <= inbound["unanswered_request_bytes"] <= 2 * limit, inbound
+        assert inbound["read_pauses_for_bytes"] >= 1, inbound
+        assert inbound["reading_paused"] == 1, inbound
+        assert inbound["max_unanswered_request_bytes"] == limit
+        assert len(upstream.calls) <= 1  # the agent holds the others (the first may
+        # still be on its way to the upstream)
+
+        for i in range(count):
+            resp = await read_response(reader)
+            assert resp.status == 200, resp
+            assert json.loads(resp.body) == {
+                "path": f"/{i}", "size": size,
+                "sha256": hashlib.sha256(bodies[i]).hexdigest()}
+        await asyncio.wait_for(sending, 5.0)
+        writer.write(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection goes on
+        assert json.loads((await read_response(reader)).body)["path"] == "/after"
+
+    inbound = (await runtime(mesh, agent))["inbound"]
+    assert inbound["largest_unanswered_request_bytes"] <= 2 * limit, inbound
+    assert inbound["reading_paused"] == 0
+    assert inbound["unanswered_request_bytes"] < 1024  # the /runtime request itself
+    assert upstream.calls == [f"/{i}" for i in range(count)] + ["/after"]

@@ -92,18 +92,24 @@ class Mesh:
         self.upstreams.append(up)
         return up
 
-    async def agent(self, config: AgentConfig) -> AgentService:
-        service = AgentService(config, metrics=CollectorRegistry())
+    async def agent(self, config: AgentConfig, registry_client: BaseClient | None = None
+                    ) -> AgentService:
+        service = AgentService(config, metrics=CollectorRegistry(),
+                               registry_client=registry_client)
         await service.start()
         self.agents.append(service)
         return service
 
-    async def server_agent(self, service: str, upstream: Upstream, **kwargs: Any
+    async def server_agent(self, service: str, upstream: Upstream, *,
+                           registry_client: BaseClient | None = None, **kwargs: Any
                            ) -> AgentService:
-        return await self.agent(self.config(service=service, upstream=upstream.url, **kwargs))
+        return await self.agent(self.config(service=service, upstream=upstream.url, **kwargs),
+                                registry_client)
 
-    async def client_agent(self, caller: str = "web", **kwargs: Any) -> AgentService:
-        return await self.agent(self.config(service=caller, **kwargs))
+    async def client_agent(self, caller: str = "web", *,
+                           registry_client: BaseClient | None = None, **kwargs: Any
+                           ) -> AgentService:
+        return await self.agent(self.config(service=caller, **kwargs), registry_client)
 
     async def get(self, agent: AgentService, path: str, **kwargs: Any
                   ) -> tuple[int, dict[str, str], bytes]:
