@@ -275,8 +275,14 @@ class Forwarder:
         deadline = loop.time() + self._timeout
         idempotent = call.method in IDEMPOTENT_METHODS
         for retry in (idempotent, False):
-            conn, reused = await self._connection(node.address, node.id, deadline, idempotent,
-                                                  fresh=not retry and idempotent)
+            fresh = not retry and idempotent
+            conn = None
+            if not fresh and self._started:  # an idle one, without a coroutine: most calls
+                conn = self._take_idle(node.address, idempotent)
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._connection(node.address, node.id, deadline,
+                                                      idempotent, fresh)
             future = conn.send(request, head=head, limit=self._max_response, deadline=deadline)
             try:
                 return await future
@@ -316,13 +322,11 @@ class Forwarder:
     # -- the pool ----------------------------------------------------------------------
     async def _connection(self, address: str, node_id: str, deadline: float,
                           idempotent: bool, fresh: bool = False) -> tuple[_Connection, bool]:
-        """A connection to ``address``: the most recently used idle one (unless ``fresh``),
-        else a new one, waiting (until ``deadline``) while ``max_connections`` are open."""
+        """A connection to ``address`` when no idle one was at hand: a new one, waiting
+        (until ``deadline``) while ``max_connections`` are open, or an idle one (unless
+        ``fresh``) that came back meanwhile."""
         if not self._started:
             raise UpstreamError("connection", "the agent is stopping", sent=False)
-        conn = None if fresh else self._take_idle(address, idempotent)
-        if conn is not None:
-            return conn, True
         while len(self._open) >= self._max_connections:
             if not self._close_one_idle():
                 waiter = self.loop.create_future()

@@ -98,6 +98,10 @@ class AgentService:
         self.directory: ServiceDirectory | None = None
         self._views: dict[str, ServiceView] = {}  # the directory's, read on every call
         self._default_caller = config.caller or config.service
+        # read on every call: native attributes, not the config's (an interpreted
+        # dataclass, whose is_server_side is a property)
+        self._server_side = config.is_server_side
+        self._service = config.service
         if not NAME_PATTERN.fullmatch(self._default_caller):
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
@@ -187,7 +191,7 @@ class AgentService:
         return re.sub(r"[^A-Za-z0-9_.-]", "-", self.node_name or "node")
 
     def _endpoints_for(self, service: str) -> tuple[Endpoint, ...]:
-        if self.config.is_server_side:
+        if self._server_side:
             return self._upstream_endpoint
         view = self._views.get(service)
         return view.endpoints if view is not None else ()
@@ -226,8 +230,8 @@ class AgentService:
         raw = request.raw_path
         if not raw.startswith("/"):
             raise ValueError("request target must be an absolute path")
-        if self.config.is_server_side:
-            return self.config.service, raw
+        if self._server_side:
+            return self._service, raw
         host_service = _service_in_host(request.apart.get("host") or "")
         if host_service:
             return host_service, raw
@@ -267,7 +271,7 @@ class AgentService:
             self.agent_metrics.bad_requests.labels("caller").inc()
             return error_reply(400, f"bad {_CALLER_HEADER} header")
         directory = self.directory
-        if (not self.config.is_server_side and directory is not None
+        if (not self._server_side and directory is not None
                 and service not in self._views):  # watched already: no coroutine
             try:
                 await directory.view(service)
