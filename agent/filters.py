@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from multidict import CIMultiDict
 from mypy_extensions import mypyc_attr
@@ -242,7 +243,7 @@ class ActiveLimitFilter(HookFilter):
         self.active -= 1
 
 
-_NOT_SENT = {NOT_SENT_HEADER: "1"}
+_NOT_SENT: Final = {NOT_SENT_HEADER: "1"}
 
 
 class _Rolling:

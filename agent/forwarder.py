@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -20,17 +20,17 @@ from agent.call import IDEMPOTENT_METHODS, Call, Reply, UpstreamError
 
 __all__ = ["Forwarder", "HOP_BY_HOP"]
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
 
-_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
-_MAX_RESPONSE_HEAD = 65536  # status line, headers, chunk framing and trailers of an answer
-_IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
+_HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_MAX_RESPONSE_HEAD: Final = 65536  # status line, headers, chunk framing and trailers of an answer
+_IDLE_SECONDS: Final = 15.0  # idle connections older than this are closed, not reused
 # A call that must not be sent twice is never retried, so it only takes a connection that
 # was busy very recently (servers close idle keep-alive connections after 2 s or more).
-_IDLE_SECONDS_NOT_IDEMPOTENT = 1.0
+_IDLE_SECONDS_NOT_IDEMPOTENT: Final = 1.0
 
 
 class _Failed(Exception):

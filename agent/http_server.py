@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -33,11 +33,11 @@ __all__ = ["InboundRequest", "HttpServer", "render_reply"]
 
 log = logging.getLogger("tidemark.agent.http")
 
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+_STATUS_LINES: Final = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n"
                  for status in HTTPStatus}
 # headers the server itself obeys; llhttp reads keep-alive from both connection headers
-_WATCHED = frozenset({b"content-length", b"expect", b"connection", b"proxy-connection"})
-_SLICE = 16384  # bytes fed to the parser at a time
+_WATCHED: Final = frozenset({b"content-length", b"expect", b"connection", b"proxy-connection"})
+_SLICE: Final = 16384  # bytes fed to the parser at a time
 
 
 class InboundRequest:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from agent.buckets import bucket_index
 from agent.sketch import LogHistogram
@@ -24,8 +24,8 @@ from agent.sketch import LogHistogram
 __all__ = ["ERROR_CLASSES", "SeriesKey", "WindowStats", "WindowSnapshot", "Recorder",
            "Measurement", "classify_exception"]
 
-ERROR_CLASSES: tuple[str, ...] = ("timeout", "connection", "5xx", "business")
-_ERROR_SET = frozenset(ERROR_CLASSES)
+ERROR_CLASSES: Final[tuple[str, ...]] = ("timeout", "connection", "5xx", "business")
+_ERROR_SET: Final = frozenset(ERROR_CLASSES)
 _perf_counter = time.perf_counter
 
 F = TypeVar("F", bound=Callable[..., Any])

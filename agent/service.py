@@ -18,7 +18,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -50,12 +50,12 @@ __all__ = ["AgentService", "RESERVED_PATHS"]
 
 log = logging.getLogger("tidemark.agent")
 
-RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
-_CALLER_HEADER = "X-Tidemark-Caller"
-_DEGRADE_SWITCHES = ("degraded", "degrade")
-_CALLER_LOWER = _CALLER_HEADER.lower()
-_JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
-_DROP_HEADERS = HOP_BY_HOP | {_CALLER_LOWER}
+RESERVED_PATHS: Final = ("/healthz", "/metrics", "/runtime")
+_CALLER_HEADER: Final = "X-Tidemark-Caller"
+_DEGRADE_SWITCHES: Final = ("degraded", "degrade")
+_CALLER_LOWER: Final = _CALLER_HEADER.lower()
+_JSON_UTF8: Final = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
+_DROP_HEADERS: Final = HOP_BY_HOP | {_CALLER_LOWER}
 
 
 class AgentService:
