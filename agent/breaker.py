@@ -11,6 +11,16 @@ __all__ = ["CircuitBreaker", "CLOSED", "OPEN", "HALF_OPEN"]
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
+class _Second:
+    """Calls and errors counted in one second of the window (a native class, compiled:
+    plain fields, no boxed floats in a list)."""
+
+    def __init__(self, second: float) -> None:
+        self.second = second
+        self.calls = 0
+        self.errors = 0
+
+
 class CircuitBreaker:
     """Closed: calls pass and results are counted per second over ``window_seconds``.
 
@@ -31,9 +41,10 @@ class CircuitBreaker:
         self.open_seconds = open_seconds
         self._clock = clock
         self.state = CLOSED
-        self._buckets: collections.deque[list[float]] = collections.deque()  # [sec, n, errors]
-        self._total = 0.0  # calls and errors over the buckets, kept as they come and go
-        self._errors = 0.0
+        self._buckets: collections.deque[_Second] = collections.deque()
+        self._newest: _Second | None = None  # the last of the buckets
+        self._total = 0  # calls and errors over the buckets, kept as they come and go
+        self._errors = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
         self.opened_count = 0
@@ -68,19 +79,20 @@ class CircuitBreaker:
             return
         buckets = self._buckets
         second = float(int(now))
-        if buckets and buckets[-1][0] == second:
-            bucket = buckets[-1]
-        else:
-            bucket = [second, 0.0, 0.0]
+        bucket = self._newest
+        if bucket is None or bucket.second != second:
+            bucket = self._newest = _Second(second)
             buckets.append(bucket)
-        while buckets[0][0] <= now - self.window_seconds and buckets[0] is not bucket:
-            old = buckets.popleft()
-            self._total -= old[1]
-            self._errors -= old[2]
-        bucket[1] += 1
+        oldest = buckets[0]
+        while oldest is not bucket and oldest.second <= now - self.window_seconds:
+            buckets.popleft()
+            self._total -= oldest.calls
+            self._errors -= oldest.errors
+            oldest = buckets[0]
+        bucket.calls += 1
         self._total += 1
         if not ok:
-            bucket[2] += 1
+            bucket.errors += 1
             self._errors += 1
         if self._total >= self.min_requests and self._errors / self._total >= self.error_ratio:
             self._open(now)
@@ -98,4 +110,5 @@ class CircuitBreaker:
 
     def _clear(self) -> None:
         self._buckets.clear()
-        self._total = self._errors = 0.0
+        self._newest = None
+        self._total = self._errors = 0

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 __all__ = ["RELATIVE_ACCURACY", "GAMMA", "INV_LOG_GAMMA", "MIN_TRACKED_MS", "MIN_INDEX",
            "bucket_index", "bucket_value", "bucket_bounds", "quantile_from_counts"]
 
-RELATIVE_ACCURACY = 0.01
-GAMMA = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
-INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
-MIN_TRACKED_MS = 1e-3
-MIN_INDEX = math.ceil(math.log(MIN_TRACKED_MS) * INV_LOG_GAMMA)
+# Final: compiled (agent/native.py), bucket_index reads them as C values, not globals.
+RELATIVE_ACCURACY: Final = 0.01
+GAMMA: Final = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
+INV_LOG_GAMMA: Final = 1.0 / math.log(GAMMA)
+MIN_TRACKED_MS: Final = 1e-3
+MIN_INDEX: Final = math.ceil(math.log(MIN_TRACKED_MS) * INV_LOG_GAMMA)
 
 
 def bucket_index(value_ms: float) -> int:

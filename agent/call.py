@@ -20,7 +20,7 @@ from agent.balancer import Endpoint
 __all__ = ["Call", "Reply", "Next", "Filter", "UpstreamError", "NodeUnavailable",
            "error_reply", "json_reply", "IDEMPOTENT_METHODS", "NOT_SENT_HEADER"]
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # On an agent's 5xx error answer: no attempt reached a service, so a calling agent may send
 # the call to another node whatever its method.
 NOT_SENT_HEADER: Final = "X-Tidemark-Not-Sent"

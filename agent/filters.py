@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from multidict import CIMultiDict
 from mypy_extensions import mypyc_attr
@@ -268,7 +269,7 @@ class ActiveLimitFilter(HookFilter):
         self.active -= 1
 
 
-_NOT_SENT = {NOT_SENT_HEADER: "1"}
+_NOT_SENT: Final = {NOT_SENT_HEADER: "1"}
 
 
 class _Rolling:
@@ -378,8 +379,14 @@ class FailoverFilter:
                 if attempt == 0 and idempotent and rolling is not None:
                     reply, used = await self._hedged(call, node, endpoints, tried, next_,
                                                      rolling, balancer)
-                else:  # one attempt at a time: the call itself goes, no copy
-                    reply, used = await self._attempt(call, node, next_, copy=False)
+                else:  # one attempt at a time: the call itself goes, no copy, and no
+                    # coroutine of its own
+                    self._enter(call, node, copy=False)
+                    try:
+                        reply = await next_(call)
+                    finally:
+                        self._leave(node)
+                    reply, used = self._checked(reply, node), call
             except UpstreamError as exc:
                 last = exc
                 sent = sent or exc.sent or call.backup_sent
@@ -400,31 +407,43 @@ class FailoverFilter:
         return error_reply(status, f"service {call.service}: {last}",
                            **({} if sent else _NOT_SENT))
 
-    async def _attempt(self, call: Call, node: Endpoint, next_: Next, *,
-                       copy: bool = True) -> tuple[Reply, Call]:
-        active = self._ctx.active_per_node
-        active[node.id] = active.get(node.id, 0) + 1
-        call.attempts += 1
-        if copy:  # attempts that may run side by side (hedging) each get their own
-            sub = call.for_node(node)
-        else:
-            sub = call
-            call.node, call.error = node, None
+    async def _attempt(self, call: Call, node: Endpoint, next_: Next) -> tuple[Reply, Call]:
+        """One attempt that may run beside another (hedging): it gets its own copy."""
+        sub = self._enter(call, node, copy=True)
         try:
             reply = await next_(sub)
         finally:
-            left = active.get(node.id, 1) - 1
-            if left > 0:
-                active[node.id] = left
-            else:
-                active.pop(node.id, None)
+            self._leave(node)
+        return self._checked(reply, node), sub
+
+    def _enter(self, call: Call, node: Endpoint, *, copy: bool) -> Call:
+        """Count an attempt at ``node`` in flight; the call to send (``copy``: a copy)."""
+        active = self._ctx.active_per_node
+        active[node.id] = active.get(node.id, 0) + 1
+        call.attempts += 1
+        if copy:
+            return call.for_node(node)
+        call.node, call.error = node, None
+        return call
+
+    def _leave(self, node: Endpoint) -> None:
+        """An attempt at ``node`` is no longer in flight."""
+        active = self._ctx.active_per_node
+        left = active.get(node.id, 1) - 1
+        if left > 0:
+            active[node.id] = left
+        else:
+            active.pop(node.id, None)
+
+    @staticmethod
+    def _checked(reply: Reply, node: Endpoint) -> Reply:
+        """``reply``, unless the node's agent could not reach its service: that is as safe
+        to move on from as a connection refused here (its circuit breaker counted the 5xx)."""
         if reply.status >= 500 and NOT_SENT_HEADER in reply.headers:
-            # The node's agent could not reach its service: as safe to move on as a
-            # connection refused here (its circuit breaker counted the 5xx).
             raise UpstreamError("timeout" if reply.status == 504 else "connection",
                                 f"node {node.id} cannot reach its service ({reply.status})",
                                 sent=False)
-        return reply, sub
+        return reply
 
     async def _hedged(self, call: Call, node: Endpoint, endpoints: Sequence[Endpoint],
                       tried: set[str], next_: Next, rolling: _Rolling, balancer: Balancer

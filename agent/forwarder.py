@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -20,17 +20,17 @@ from agent.call import IDEMPOTENT_METHODS, Call, Reply, UpstreamError
 
 __all__ = ["Forwarder", "HOP_BY_HOP"]
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
 
-_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
-_MAX_RESPONSE_HEAD = 65536  # status line, headers, chunk framing and trailers of an answer
-_IDLE_SECONDS = 15.0  # idle connections older than this are closed, not reused
+_HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_MAX_RESPONSE_HEAD: Final = 65536  # status line, headers, chunk framing and trailers of an answer
+_IDLE_SECONDS: Final = 15.0  # idle connections older than this are closed, not reused
 # A call that must not be sent twice is never retried, so it only takes a connection that
 # was busy very recently (servers close idle keep-alive connections after 2 s or more).
-_IDLE_SECONDS_NOT_IDEMPOTENT = 1.0
+_IDLE_SECONDS_NOT_IDEMPOTENT: Final = 1.0
 
 
 class _Failed(Exception):
@@ -299,8 +299,14 @@ class Forwarder:
         deadline = loop.time() + self._timeout
         idempotent = call.method in IDEMPOTENT_METHODS
         for retry in (idempotent, False):
-            conn, reused = await self._connection(node.address, node.id, deadline, idempotent,
-                                                  fresh=not retry and idempotent)
+            fresh = not retry and idempotent
+            conn = None
+            if not fresh and self._started:  # an idle one, without a coroutine: most calls
+                conn = self._take_idle(node.address, idempotent)
+            reused = conn is not None
+            if conn is None:
+                conn, reused = await self._connection(node.address, node.id, deadline,
+                                                      idempotent, fresh)
             future = conn.send(request, head=head, limit=self._max_response, deadline=deadline)
             try:
                 return await future
@@ -340,13 +346,11 @@ class Forwarder:
     # -- the pool ----------------------------------------------------------------------
     async def _connection(self, address: str, node_id: str, deadline: float,
                           idempotent: bool, fresh: bool = False) -> tuple[_Connection, bool]:
-        """A connection to ``address``: the most recently used idle one (unless ``fresh``),
-        else a new one, waiting (until ``deadline``) while ``max_connections`` are open."""
+        """A connection to ``address`` when no idle one was at hand: a new one, waiting
+        (until ``deadline``) while ``max_connections`` are open, or an idle one (unless
+        ``fresh``) that came back meanwhile."""
         if not self._started:
             raise UpstreamError("connection", "the agent is stopping", sent=False)
-        conn = None if fresh else self._take_idle(address, idempotent)
-        if conn is not None:
-            return conn, True
         while len(self._open) >= self._max_connections:
             if not self._close_one_idle():
                 waiter = self.loop.create_future()

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -36,10 +36,11 @@ __all__ = ["InboundRequest", "HttpServer", "render_reply"]
 
 log = logging.getLogger("tidemark.agent.http")
 
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+_STATUS_LINES: Final = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n"
                  for status in HTTPStatus}
-_WATCHED = frozenset({b"content-length", b"expect"})  # headers the server itself obeys
-_SLICE = 16384  # bytes fed to the parser at a time
+# headers the server itself obeys; llhttp reads keep-alive from both connection headers
+_WATCHED: Final = frozenset({b"content-length", b"expect", b"connection", b"proxy-connection"})
+_SLICE: Final = 16384  # bytes fed to the parser at a time
 
 
 class InboundRequest:
@@ -138,6 +139,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._apart: dict[str, str] = {}
         self._expect_continue = False
+        self._connection_header = False  # only then may an HTTP/1.0 request keep alive
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
@@ -184,7 +186,9 @@ class _Connection(asyncio.Protocol):
         unanswered ones hold more than ``max_unanswered_bytes``, keep the rest for later
         (so one large read of pipelined requests cannot queue thousands of them, nor many
         large bodies)."""
-        for start in range(0, len(data), _SLICE):
+        size = len(data)
+        start = 0
+        while start < size:  # not a range: one read is one slice, nearly always
             if self._closing or self._final is not None or self._last_request:
                 return
             if len(self._queue) > 16 \
@@ -192,7 +196,8 @@ class _Connection(asyncio.Protocol):
                 self._backlog = data[start:]
                 self._update_reading()
                 return
-            self._feed(data[start:start + _SLICE] if len(data) > _SLICE else data)
+            self._feed(data[start:start + _SLICE] if size > _SLICE else data)
+            start += _SLICE
 
     def _feed(self, data: bytes) -> None:
         self._began_in_read = False
@@ -278,6 +283,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._apart = {}
         self._expect_continue = False
+        self._connection_header = False
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
@@ -297,6 +303,8 @@ class _Connection(asyncio.Protocol):
                 raise self._too_large()
             if lower == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = True
+            if lower == b"connection" or lower == b"proxy-connection":
+                self._connection_header = True
         if lower in self._server.set_apart:
             self._apart[lower.decode("latin-1")] = value.decode("latin-1")
         else:
@@ -352,7 +360,11 @@ class _Connection(asyncio.Protocol):
         server = self._server
         if unanswered > server.largest_unanswered_bytes:
             server.largest_unanswered_bytes = unanswered
-        self._queue.append((request, keep_alive, parser.get_http_version() == "1.0", size))
+        # An HTTP/1.0 request keeps alive only when it asked to in a Connection header;
+        # get_http_version formats a string, so it is asked only then.
+        http10 = keep_alive and self._connection_header \
+            and parser.get_http_version() == "1.0"
+        self._queue.append((request, keep_alive, http10, size))
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None

@@ -12,24 +12,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
-from agent.buckets import INV_LOG_GAMMA, MIN_INDEX, MIN_TRACKED_MS
+from agent.buckets import bucket_index
 from agent.sketch import LogHistogram
 
 __all__ = ["ERROR_CLASSES", "SeriesKey", "WindowStats", "WindowSnapshot", "Recorder",
            "Measurement", "classify_exception"]
 
-ERROR_CLASSES: tuple[str, ...] = ("timeout", "connection", "5xx", "business")
-_ERROR_SET = frozenset(ERROR_CLASSES)
-_INF = math.inf
-_log = math.log
-_ceil = math.ceil
+ERROR_CLASSES: Final[tuple[str, ...]] = ("timeout", "connection", "5xx", "business")
+_ERROR_SET: Final = frozenset(ERROR_CLASSES)
 _perf_counter = time.perf_counter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -188,12 +184,7 @@ class Recorder:
         node that served the call (default ``default_node``); ``caller`` is set by a
         client-side agent to report per caller instead.
         """
-        if MIN_TRACKED_MS < latency_ms < _INF:
-            index = _ceil(_log(latency_ms) * INV_LOG_GAMMA)
-        elif 0.0 <= latency_ms <= MIN_TRACKED_MS:
-            index = MIN_INDEX
-        else:
-            raise ValueError(f"latency must be a finite number >= 0 ms, got {latency_ms!r}")
+        index = bucket_index(latency_ms)  # compiled: a native call, math.log in C
         if error is not None and error not in _ERROR_SET:
             raise ValueError(f"unknown error class {error!r}; use one of {ERROR_CLASSES}")
         if node is None and caller is None:

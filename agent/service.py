@@ -19,7 +19,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -51,14 +51,14 @@ __all__ = ["AgentService", "RESERVED_PATHS", "OTHER_CALLER"]
 
 log = logging.getLogger("tidemark.agent")
 
-RESERVED_PATHS = ("/healthz", "/metrics", "/runtime")
-_CALLER_HEADER = "X-Tidemark-Caller"
-_DEGRADE_SWITCHES = ("degraded", "degrade")
-_CALLER_LOWER = _CALLER_HEADER.lower()
-_JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
-_DROP_HEADERS = HOP_BY_HOP | {_CALLER_LOWER}
+RESERVED_PATHS: Final = ("/healthz", "/metrics", "/runtime")
+_CALLER_HEADER: Final = "X-Tidemark-Caller"
+_DEGRADE_SWITCHES: Final = ("degraded", "degrade")
+_CALLER_LOWER: Final = _CALLER_HEADER.lower()
+_JSON_UTF8: Final = {"Content-Type": "application/json; charset=utf-8"}  # as aiohttp answered
+_DROP_HEADERS: Final = HOP_BY_HOP | {_CALLER_LOWER}
 #: Client side: calls naming a caller beyond ``max_callers`` are reported under this one.
-OTHER_CALLER = "_other"
+OTHER_CALLER: Final = "_other"
 
 
 class AgentService:
@@ -102,6 +102,10 @@ class AgentService:
         self.directory: ServiceDirectory | None = None
         self._views: dict[str, ServiceView] = {}  # the directory's, read on every call
         self._default_caller = config.caller or config.service
+        # read on every call: native attributes, not the config's (an interpreted
+        # dataclass, whose is_server_side is a property)
+        self._server_side = config.is_server_side
+        self._service = config.service
         if not NAME_PATTERN.fullmatch(self._default_caller):
             raise ValueError(f"caller: {self._default_caller!r} must match [A-Za-z0-9_.-]+")
         # per service: the view the degrade state was computed from, and the state
@@ -291,7 +295,7 @@ class AgentService:
         return re.sub(r"[^A-Za-z0-9_.-]", "-", self.node_name or "node")
 
     def _endpoints_for(self, service: str) -> tuple[Endpoint, ...]:
-        if self.config.is_server_side:
+        if self._server_side:
             return self._upstream_endpoint
         view = self._views.get(service)
         return view.endpoints if view is not None else ()
@@ -330,8 +334,8 @@ class AgentService:
         raw = request.raw_path
         if not raw.startswith("/"):
             raise ValueError("request target must be an absolute path")
-        if self.config.is_server_side:
-            return self.config.service, raw
+        if self._server_side:
+            return self._service, raw
         host_service = _service_in_host(request.apart.get("host") or "", self._port_text)
         if host_service:
             return host_service, raw
@@ -378,7 +382,7 @@ class AgentService:
                 self.agent_metrics.other_caller.inc()
                 caller = OTHER_CALLER
         directory = self.directory
-        if (not self.config.is_server_side and directory is not None
+        if (not self._server_side and directory is not None
                 and service not in self._views):  # watched already: no coroutine
             refused = await self._watch(directory, service)
             if refused is not None:

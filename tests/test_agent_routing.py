@@ -157,7 +157,7 @@ def test_bucket_constants_module_imports_only_the_standard_library() -> None:
                 for alias in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "math", "collections"}
+    assert imported <= {"__future__", "math", "collections", "typing"}
 
 
 def test_an_attempt_copies_every_field_of_the_call_but_node_and_error() -> None:
