@@ -116,7 +116,6 @@ class AgentService:
         self._round = 0
         self._service_round: dict[str, int] = {}  # service -> last round it was called in
         self._caller_round: dict[str, int] = {}  # X-Tidemark-Caller names seen, client side
-        self._track_callers = not config.is_server_side
         self._housekeeping_seconds = min(60.0, config.service_idle_seconds / 4)
         self._idle_rounds = max(1, math.ceil(config.service_idle_seconds
                                              / self._housekeeping_seconds))
@@ -239,7 +238,7 @@ class AgentService:
         self._forget_breakers()
 
     def _pinned(self, service: str) -> bool:
-        return self.config.is_server_side and service == self.config.service
+        return self._server_side and service == self._service
 
     async def _evict_one_service(self) -> bool:
         """Make room for a new service: unwatch the least recently called one that was not
@@ -282,7 +281,7 @@ class AgentService:
                 self.agent_metrics.expired.labels("breaker").inc()
 
     def _node_ids(self, service: str) -> set[str]:
-        if self.config.is_server_side:
+        if self._server_side:
             return {e.id for e in self._upstream_endpoint}
         view = self._views.get(service)
         return {n.id for n in view.snapshot.nodes} if view is not None else set()
@@ -374,7 +373,7 @@ class AgentService:
         elif not NAME_PATTERN.fullmatch(caller):
             self.agent_metrics.bad_requests.labels("caller").inc()
             return error_reply(400, f"bad {_CALLER_HEADER} header")
-        elif self._track_callers:
+        elif not self._server_side:  # client side: callers are reported, bounded
             callers = self._caller_round
             if caller in callers or len(callers) < self.config.max_callers:
                 callers[caller] = self._round
