@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import cProfile
 import json
 import logging
 import pstats
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -101,11 +104,17 @@ def _outbound(agent: AgentService, address: str, loop: asyncio.AbstractEventLoop
     return conn
 
 
+# where the agents would keep registry snapshots (none are written): a fresh temporary
+# directory, removed at exit
+DATA_DIR = Path(tempfile.mkdtemp(prefix="agent-datapath-cpu-"))
+atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
+
+
 async def build(side: str) -> Any:
     """The inbound connection of the first agent (the server-side one with ``server``)."""
     loop = asyncio.get_running_loop()
     common: dict[str, Any] = {"registry": "http://127.0.0.1:1", "graphite": "127.0.0.1:2",
-              "data_dir": Path("/tmp/agent-datapath-cpu")}
+              "data_dir": DATA_DIR}
     server, server_in = _agent(AgentConfig(service="hello", upstream=f"http://{UPSTREAM}",
                                            **common), loop)
     await server.forwarder.start()

@@ -70,7 +70,7 @@ ETCD_KINDS = ("etcd", *RAW_KINDS)
 def _raw_txn_values(seq: int, command_id: int) -> tuple[bytes, bytes]:
     """The config and history values of one raw transaction, shaped like a command's."""
     config = {"flat": {"idc_weight/seq": seq}, "next_id": command_id + 1}
-    entry = {"id": command_id, "service": "bench-propagation", "kind": "idc_weights",
+    entry = {"id": command_id, "service": SERVICE, "kind": "idc_weights",
              "who": "bench", "why": "", "at": time.time(), "changes": {"idc_weight/seq": seq},
              "previous": {"idc_weight/seq": seq}, "reverted_by": None}
     return (json.dumps(config, separators=(",", ":")).encode(),
