@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from registry.client import open_registry
 from registry.model import Node
 from registry.server.app import RegistryServer, RegistryServerConfig
 from tests.peers.process import free_port
+from tests.test_registry_helpers import wait_until
 
 TOKEN = "tok-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -172,8 +173,8 @@ async def test_long_polls_are_bounded(tmp_path: Path) -> None:
                     return response
 
             first = asyncio.ensure_future(poll("svc"))
-            while server.metrics.get_sample_value("tidemark_registry_long_polls") != 1.0:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: server.metrics.get_sample_value(
+                "tidemark_registry_long_polls") == 1.0, timeout_seconds=10)
             refused = await poll("other")
             assert refused.status == 429 and refused.headers["Retry-After"] == "1"
             async with session.get(f"{base}/v1/watch",
@@ -210,12 +211,13 @@ async def test_a_watch_refused_a_long_poll_retries_without_reconnecting(tmp_path
                     return response.status
 
             hogging = asyncio.ensure_future(hog())
-            while metric("tidemark_registry_long_polls") != 1.0:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: metric("tidemark_registry_long_polls") == 1.0,
+                             timeout_seconds=10)
             async with client.watch("svc") as watch:
                 first = await asyncio.wait_for(anext(watch), 10)
-                while not metric("tidemark_registry_long_polls_refused_total"):
-                    await asyncio.sleep(0.01)
+                await wait_until(
+                    lambda: bool(metric("tidemark_registry_long_polls_refused_total")),
+                    timeout_seconds=10)
                 server.store.command("svc", "restore", {}, who="ops", why="")
                 after = await asyncio.wait_for(anext(watch), 10)
                 assert after.revision > first.revision
@@ -310,11 +312,6 @@ async def _next_line(lines: AsyncIterator[dict[str, object] | None],
             return line
 
 
-async def _until(check: Callable[[], bool]) -> None:
-    while not check():
-        await asyncio.sleep(0.01)
-
-
 async def _command(session: aiohttp.ClientSession, base: str, service: str,
                    switches: dict[str, bool]) -> int:
     async with session.post(f"{base}/v1/services/{service}/commands", headers=AUTH,
@@ -396,8 +393,8 @@ async def test_a_stream_whose_reader_goes_away_frees_its_place(
         assert await _next_line(_lines(response)) is not None
         assert metric("tidemark_registry_long_polls") == 1.0
         response.close()  # the reader drops the connection; the keep-alive is a minute away
-        await asyncio.wait_for(_until(lambda: metric("tidemark_registry_long_polls") == 0.0),
-                               10)
+        await wait_until(lambda: metric("tidemark_registry_long_polls") == 0.0,
+                         timeout_seconds=10)
     assert server.watched_services == 0
 
 
